@@ -1,0 +1,198 @@
+"""What runs on a worker: extract → transform → write one chunk, a batch at a time.
+
+Plain Python: nothing here imports Prefect or needs a cluster. The Prefect task in
+:mod:`distetl.flow` wraps :func:`run_batch`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import pyarrow.parquet as pq
+
+from distetl.chunks import Chunk
+from distetl.pipeline import Pipeline, arity
+from distetl.schema import to_table
+from distetl.storage import Storage
+
+__all__ = ["ChunkContext", "ChunkResult", "BatchJob", "run_chunk", "run_batch"]
+
+WRITTEN = "written"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+@dataclass
+class ChunkResult:
+    """The small result a chunk sends back to the driver (never the data)."""
+
+    key: str
+    path: str
+    status: str
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    attempts: int = 0
+    error: Optional[str] = None
+    worker: str = ""
+    task_run_id: Optional[str] = None
+    traceback: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ChunkContext:
+    """What a chunk's extract may use besides the chunk itself.
+
+    Attributes:
+        chunk: The chunk being run.
+        output: The run's output root.
+        storage_options: fsspec options of the run (credentials included; do not log).
+    """
+
+    chunk: Chunk
+    output: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def storage(self, url: str) -> Storage:
+        """The storage for a source URL, with the run's storage options."""
+        return Storage.for_url(url, self.storage_options)
+
+    def open(self, url: str, mode: str = "rb", **kwargs: Any):
+        """Open a source file through fsspec with the run's storage options."""
+        return self.storage(url).open(url, mode, **kwargs)
+
+    def filesystem(self, url: str):
+        """The fsspec filesystem for a URL (e.g. to hand to pandas or pyarrow)."""
+        return self.storage(url).fs
+
+
+@dataclass
+class BatchJob:
+    """Chunks that one task runs in order on one worker.
+
+    Attributes:
+        pipeline: The pipeline (pickled to the worker).
+        chunks: The chunks, each with its rendered target path.
+        output: Output root.
+        storage_options: fsspec options.
+        force: Recompute even when the target exists.
+        topic: Progress topic name (Dask worker events) for this run.
+    """
+
+    pipeline: Pipeline
+    chunks: Sequence[tuple[Chunk, str]]
+    output: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    force: bool = False
+    topic: str = ""
+
+    def label(self) -> str:
+        keys = [c.key for c, _ in self.chunks]
+        if len(keys) == 1:
+            return f"{self.pipeline.name}[{keys[0]}]"
+        return f"{self.pipeline.name}[{keys[0]}..{keys[-1]}] ({len(keys)} chunks)"
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_chunk(
+    pipeline: Pipeline,
+    chunk: Chunk,
+    path: str,
+    storage: Storage,
+    context: ChunkContext,
+) -> ChunkResult:
+    """Run one chunk end to end and commit its file. Retries per the pipeline.
+
+    Never raises for a failure of the chunk itself: the error goes into the result.
+    """
+    attempts = 0
+    start = time.perf_counter()
+    while True:
+        attempts += 1
+        try:
+            if arity(pipeline.extract) >= 2:
+                frame = pipeline.extract(chunk, context)
+            else:
+                frame = pipeline.extract(chunk)
+            if pipeline.transform is not None:
+                if arity(pipeline.transform) >= 2:
+                    frame = pipeline.transform(frame, chunk)
+                else:
+                    frame = pipeline.transform(frame)
+            table = to_table(frame, pipeline.schema, chunk.key)
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, compression=pipeline.compression)
+            data = buffer.getvalue()
+            committed = storage.write_atomic(path, data)
+            return ChunkResult(
+                key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED,
+                rows=table.num_rows if committed else 0, bytes=len(data) if committed else 0,
+                seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
+            )
+        except Exception as exc:  # noqa: BLE001 - one chunk's failure is data, not a crash
+            if attempts <= pipeline.retries:
+                time.sleep(pipeline.retry_delay_seconds)
+                continue
+            return ChunkResult(
+                key=chunk.key, path=path, status=FAILED, seconds=time.perf_counter() - start,
+                attempts=attempts, worker=_worker_name(), error=f"{type(exc).__name__}: {exc}",
+                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+            )
+
+
+def run_batch(job: BatchJob, report: Optional[Callable[[ChunkResult], None]] = None) -> list[ChunkResult]:
+    """Run a batch of chunks in order; report each result as it lands.
+
+    A chunk whose target exists when the batch reaches it is skipped unless ``force``:
+    a batch rerun after a lost worker therefore never recomputes a committed chunk.
+    """
+    storage = Storage.for_url(job.output, job.storage_options)
+    report = report or _default_reporter(job.topic)
+    results = []
+    for chunk, path in job.chunks:
+        if not job.force and storage.exists(path):
+            result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, worker=_worker_name())
+        else:
+            context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options)
+            result = run_chunk(job.pipeline, chunk, path, storage, context)
+        results.append(result)
+        report(result)
+    return results
+
+
+_LOCAL_LISTENERS: dict[str, Callable[[ChunkResult], None]] = {}
+
+
+def _default_reporter(topic: str) -> Callable[[ChunkResult], None]:
+    """Per-chunk progress: a Dask worker event on a cluster, a callback in-process."""
+    listener = _LOCAL_LISTENERS.get(topic)
+    if listener is not None:
+        return listener
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return lambda result: None
+
+    def send(result: ChunkResult) -> None:
+        worker.log_event(topic, {"key": result.key, "status": result.status, "rows": result.rows})
+
+    return send

@@ -1,0 +1,115 @@
+"""Loading a pipeline from a flow file, so its code can travel to workers that never saw it."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from types import ModuleType
+
+from dataclasses import dataclass
+
+from distetl.errors import ConfigError
+from distetl.pipeline import Pipeline
+
+__all__ = ["FlowSource", "load_pipeline", "loaded_sources", "ensure_modules"]
+
+
+@dataclass(frozen=True)
+class FlowSource:
+    """The source of a flow file loaded by path: shipped to workers that lack it."""
+
+    module: str
+    path: str
+    source: str
+
+
+_SOURCES: dict[str, FlowSource] = {}
+
+
+def loaded_sources() -> list[FlowSource]:
+    """Flow files loaded by path in this process."""
+    return list(_SOURCES.values())
+
+
+def ensure_modules(sources: list[FlowSource]) -> None:
+    """Make shipped flow modules importable in this (worker) process."""
+    for src in sources:
+        if src.module in sys.modules:
+            continue
+        module = ModuleType(src.module)
+        module.__file__ = src.path
+        sys.modules[src.module] = module
+        try:
+            exec(compile(src.source, src.path, "exec"), module.__dict__)
+        except BaseException:
+            del sys.modules[src.module]
+            raise
+
+
+def _module_from_path(path: str) -> ModuleType:
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise ConfigError(
+            "a flow file (e.g. flows/nycflights.py) or module:attribute",
+            f"{path!r}, which does not exist",
+            "pass the path of a .py file that defines a distetl Pipeline",
+        )
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(full))[0])
+    name = f"distetl_flow_{stem}"
+    spec = importlib.util.spec_from_file_location(name, full)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    directory = os.path.dirname(full)
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(directory)
+    with open(full, encoding="utf-8") as handle:
+        _SOURCES[name] = FlowSource(name, full, handle.read())
+    return module
+
+
+def load_pipeline(ref: str) -> Pipeline:
+    """Load the Pipeline a flow file (or ``package.module:attr``) defines.
+
+    A flow file's source is kept (:func:`loaded_sources`) and shipped with every task, so
+    Dask workers that never saw the file run it (:func:`ensure_modules`). Code the file
+    imports from elsewhere must be installed on the workers.
+
+    Raises:
+        ConfigError: If the file is missing or defines no (or several) pipelines.
+    """
+    attr = None
+    if ref.endswith(".py") or os.path.sep in ref or os.path.isfile(ref):
+        module = _module_from_path(ref)
+    else:
+        mod_name, _, attr = ref.partition(":")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ConfigError(
+                "an importable flow module or a .py path", f"{ref!r} ({exc})",
+                "pass a path like flows/nycflights.py",
+            ) from None
+    if attr:
+        found = getattr(module, attr, None)
+        candidates = {attr: found} if isinstance(found, Pipeline) else {}
+    elif isinstance(getattr(module, "pipeline", None), Pipeline):
+        candidates = {"pipeline": module.pipeline}
+    else:
+        candidates = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
+    if len(candidates) != 1:
+        raise ConfigError(
+            f"one distetl Pipeline in {ref} (named `pipeline`, or pick one with module:attr)",
+            f"{len(candidates)} ({', '.join(candidates) or 'none'})",
+            "define `pipeline = Pipeline(...)` at module level",
+        )
+    return next(iter(candidates.values()))

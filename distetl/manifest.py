@@ -1,0 +1,101 @@
+"""The run report and its manifest, written under ``{output}/_distetl/`` (ignored by
+Parquet dataset readers, like every ``_``-prefixed path)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from distetl.execute import FAILED, SKIPPED, WRITTEN, ChunkResult
+from distetl.storage import Storage, redact
+
+__all__ = ["RunReport", "manifest_dir"]
+
+
+def manifest_dir(output: str, pipeline_name: str) -> str:
+    """Where a pipeline's run manifests go under an output root."""
+    return f"{output.rstrip('/')}/_distetl/{pipeline_name}"
+
+
+@dataclass
+class RunReport:
+    """Everything about one run: counts, per-chunk results, timings, where things are."""
+
+    pipeline: str
+    output: str
+    runner: str
+    run_id: str
+    started_at: str
+    plan: dict[str, Any] = field(default_factory=dict)
+    total: int = 0
+    to_run: int = 0
+    already_committed: int = 0
+    results: list[ChunkResult] = field(default_factory=list)
+    seconds: float = 0.0
+    plan_seconds: float = 0.0
+    flow_run_id: Optional[str] = None
+    flow_state: Optional[str] = None
+    prefect_api: Optional[str] = None
+    task_runs: int = 0
+    task_runs_recorded: Optional[int] = None
+    dry_run: bool = False
+    manifest_path: Optional[str] = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def _count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def written(self) -> int:
+        return self._count(WRITTEN)
+
+    @property
+    def skipped(self) -> int:
+        """Chunks not computed: committed at plan time, or found committed by a worker."""
+        return self.already_committed + self._count(SKIPPED)
+
+    @property
+    def failed(self) -> list[ChunkResult]:
+        return [r for r in self.results if r.status == FAILED]
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.results)
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["storage_options"] = redact(self.storage_options)
+        data["summary"] = {
+            "total": self.total, "written": self.written, "skipped": self.skipped,
+            "failed": len(self.failed), "rows": self.rows, "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds else None,
+        }
+        data["host"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+        return data
+
+    def write_manifest(self, storage: Storage) -> str:
+        """Write this report as JSON beside the output; returns its path."""
+        stamp = self.started_at.replace(":", "").replace("-", "")
+        path = f"{manifest_dir(self.output, self.pipeline)}/runs/{stamp}-{self.run_id[:8]}.json"
+        data = json.dumps(self.to_dict(), indent=1, default=str).encode()
+        storage.write_atomic(path, data)
+        storage.write_atomic(f"{manifest_dir(self.output, self.pipeline)}/latest.json", data)
+        self.manifest_path = path
+        return path
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,200 @@
+"""The Prefect API a run reports to: the user's, or one distetl starts for the run.
+
+Prefect's own ephemeral mode starts a server inside every process that lacks
+``PREFECT_API_URL`` -- each Dask worker would start its own on the same SQLite file --
+and drops task-run records at exit. distetl instead starts one server subprocess on a
+free loopback port, points the driver and every worker at it through
+``PREFECT_API_URL``, and stops it only after the run's records have landed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from distetl.errors import ConfigError
+
+__all__ = ["quiet_prefect_env", "prefect_api", "state_home", "EmbeddedServer"]
+
+
+def quiet_prefect_env() -> None:
+    """Offline-friendly defaults: no telemetry, no analytics (set only if unset)."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+
+
+def state_home() -> Path:
+    """Where distetl keeps local state (the embedded Prefect database): ``$DISTETL_HOME``
+    or ``./.distetl``."""
+    return Path(os.environ.get("DISTETL_HOME") or Path.cwd() / ".distetl").resolve()
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api_healthy(url: str, timeout: float = 2.0) -> bool:
+    """Whether a Prefect API answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class EmbeddedServer:
+    """A Prefect API server subprocess on 127.0.0.1 with its database under ``home``.
+
+    Args:
+        home: Directory for ``PREFECT_HOME`` (database, logs).
+        port: Port to bind; a free one when None.
+        ui: Serve Prefect's UI too.
+    """
+
+    def __init__(self, home: Path, port: int | None = None, ui: bool = False):
+        self.home = Path(home)
+        self.port = port or _free_port()
+        self.ui = ui
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self, timeout: float = 90.0) -> str:
+        """Start the server and wait until it answers. Returns the API URL.
+
+        Raises:
+            ConfigError: If the server does not come up in ``timeout`` seconds.
+        """
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.pop("PREFECT_API_URL", None)
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_UI_ENABLED="1" if self.ui else "0",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="1",
+            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_SERVER_API_PORT=str(self.port),
+        )
+        log = open(self.home / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if api_healthy(self.url, timeout=1.0):
+                return self.url
+            time.sleep(0.1)
+        self.stop()
+        tail = (self.home / "server.log").read_text(errors="replace")[-1500:]
+        raise ConfigError(
+            f"the embedded Prefect API to answer at {self.url} within {timeout:.0f}s",
+            f"no answer; server log tail:\n{tail}",
+            "check the log above, or start `prefect server start` yourself and set PREFECT_API_URL",
+        )
+
+    def stop(self) -> None:
+        """Stop the server process."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@contextlib.contextmanager
+def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iterator[str]:
+    """Make every Prefect call in the block, on the driver and on workers, use one API.
+
+    Uses ``PREFECT_API_URL`` when set (and checks it answers); otherwise starts an
+    :class:`EmbeddedServer` for the block. The URL is exported in ``os.environ`` (worker
+    processes spawned in the block inherit it) and set in Prefect's settings context
+    (serialised with each task to remote workers).
+
+    Yields:
+        The API URL.
+
+    Raises:
+        ConfigError: If ``PREFECT_API_URL`` is set but does not answer.
+    """
+    quiet_prefect_env()
+    given = os.environ.get("PREFECT_API_URL")
+    server: EmbeddedServer | None = None
+    if given:
+        if not api_healthy(given, timeout=connect_timeout):
+            raise ConfigError(
+                f"a Prefect API answering at PREFECT_API_URL={given}",
+                "no answer to /health",
+                "start it (`prefect server start`) or unset PREFECT_API_URL to let "
+                "distetl start its own",
+            )
+        url = given
+    else:
+        server = EmbeddedServer((home or state_home()) / "prefect")
+        url = server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        if server is not None:
+            server.stop()
+
+
+def wait_for_task_runs(task_run_ids: list[str], timeout: float = 60.0) -> int:
+    """Wait until every task run is recorded in a final state by the API.
+
+    Task-run states reach Prefect's API as events, processed asynchronously; a process
+    that exits (or a server that stops) too early loses them. Returns how many were
+    recorded in a final state when it stopped waiting.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    wanted = [UUID(i) for i in task_run_ids]
+    deadline = time.monotonic() + timeout
+    recorded = 0
+    with get_client(sync_client=True) as client:
+        while True:
+            recorded = 0
+            for start in range(0, len(wanted), 200):
+                runs = client.read_task_runs(
+                    task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=wanted[start:start + 200])),
+                    limit=200, sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                )
+                recorded += sum(1 for r in runs if r.state is not None and r.state.is_final())
+            if recorded >= len(wanted) or time.monotonic() > deadline:
+                return recorded
+            time.sleep(0.2)
