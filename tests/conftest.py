@@ -1,0 +1,68 @@
+"""Shared fixtures: one real Prefect API server for the session, a private Prefect home,
+and helpers to build small pipelines in flow files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect: a private home and no telemetry.
+_HOME = Path(tempfile.mkdtemp(prefix="distetl-tests-"))
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect-client")
+os.environ["DISTETL_HOME"] = str(_HOME / "distetl")
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("DISTETL_SCHEDULER", None)
+
+import pytest  # noqa: E402
+
+from distetl.prefect_api import EmbeddedServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect API server (subprocess on 127.0.0.1) shared by the session."""
+    server = EmbeddedServer(_HOME / "server")
+    url = server.start()
+    os.environ["PREFECT_API_URL"] = url
+    yield url
+    os.environ.pop("PREFECT_API_URL", None)
+    server.stop()
+
+
+@pytest.fixture
+def prefect_api(prefect_server, monkeypatch):
+    """Point this test's runs at the session's Prefect API."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    return prefect_server
+
+
+@pytest.fixture
+def flow_file(tmp_path):
+    """Write a flow file in a temporary folder (outside any package) and return its path."""
+
+    def write(source: str, name: str = "tmpflow.py") -> Path:
+        path = tmp_path / "flows" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+        return path
+
+    return write
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300):
+    """Run the distetl command in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "distetl.cli", *args], capture_output=True, text=True,
+        env=full_env, timeout=timeout, cwd=str(REPO),
+    )
