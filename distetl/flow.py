@@ -62,6 +62,9 @@ class BatchFailed(Exception):
             + "; ".join(f"{r.key}: {r.error}" for r in failed[:5])
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchFailed, (self.results,))
+
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="{label}", log_prints=False)
 def run_chunks(job: PackedJob, label: str) -> list[ChunkResult]:
