@@ -1,0 +1,58 @@
+"""The distetl command: dry run, status, force, runners giving the same files, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from conftest import REPO, cli
+
+NYC = str(REPO / "flows" / "nycflights.py")
+JAN = ["--start", "2013-01-01", "--end", "2013-01-10"]
+
+
+def test_dry_run_prints_counts_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = cli("run", NYC, "--output", str(out), "--dry-run", *JAN)
+    assert proc.returncode == 0, proc.stderr
+    assert "total 10, to run 10, to skip 0" in proc.stderr
+    assert not out.exists()
+
+
+def test_status_force_and_same_files_on_every_runner(tmp_path, prefect_api):
+    seq, loc = tmp_path / "seq", tmp_path / "loc"
+    first = cli("run", NYC, "--output", str(seq), "--runner", "sequential", "--no-progress", *JAN)
+    assert first.returncode == 0, first.stderr
+    assert "output:" in first.stderr and "manifest:" in first.stderr
+
+    status = cli("status", NYC, "--output", str(seq), "--json", "--start", "2013-01-01", "--end", "2013-01-12")
+    assert status.returncode == 1  # two chunks missing
+    listing = json.loads(status.stdout)
+    assert listing["missing"] == ["date=2013-01-11", "date=2013-01-12"] and len(listing["committed"]) == 10
+
+    dry = cli("run", NYC, "--output", str(seq), "--dry-run", "--start", "2013-01-01", "--end", "2013-01-12")
+    assert "total 12, to run 2, to skip 10" in dry.stderr
+
+    second = cli("run", NYC, "--output", str(loc), "--workers", "2", "--no-progress", *JAN)
+    assert second.returncode == 0, second.stderr
+    names = sorted(p.relative_to(seq).as_posix() for p in seq.rglob("*.parquet"))
+    assert names == sorted(p.relative_to(loc).as_posix() for p in loc.rglob("*.parquet"))
+    for name in names:
+        assert pq.read_table(seq / name).equals(pq.read_table(loc / name)), name
+
+    before = (seq / names[0]).stat().st_mtime_ns
+    forced = cli("run", NYC, "--output", str(seq), "--runner", "sequential", "--force", "--json", *JAN)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["summary"]["written"] == 10
+    assert (seq / names[0]).stat().st_mtime_ns != before
+
+
+def test_configuration_errors_exit_2(tmp_path):
+    out = str(tmp_path / "out")
+    missing = cli("run", str(tmp_path / "nope.py"), "--output", out)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    conflict = cli("run", NYC, "--output", out, "--runner", "sequential", "--workers", "3", *JAN)
+    assert conflict.returncode == 2 and "--workers" in conflict.stderr
+    assert not Path(out).exists()
