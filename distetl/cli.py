@@ -78,6 +78,7 @@ def _plan_params(pipeline: Any, extra: Sequence[str], parser: argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distetl`` command."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     parser = _base_parser()
     args, extra = parser.parse_known_args(argv)
     console = Console(stderr=True)
