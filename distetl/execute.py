@@ -117,8 +117,12 @@ def run_chunk(
     path: str,
     storage: Storage,
     context: ChunkContext,
+    force: bool = False,
 ) -> ChunkResult:
     """Run one chunk end to end and commit its file. Retries per the pipeline.
+
+    The commit is create-only on object stores that support it (a target another writer
+    committed meanwhile is reported as skipped), unless ``force`` replaces it.
 
     Never raises for a failure of the chunk itself: the error goes into the result.
     """
@@ -140,7 +144,7 @@ def run_chunk(
             buffer = io.BytesIO()
             pq.write_table(table, buffer, compression=pipeline.compression)
             data = buffer.getvalue()
-            committed = storage.write_atomic(path, data)
+            committed = storage.write_atomic(path, data, create_only=not force)
             return ChunkResult(
                 key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED,
                 rows=table.num_rows if committed else 0, bytes=len(data) if committed else 0,
@@ -171,7 +175,7 @@ def run_batch(job: BatchJob, report: Optional[Callable[[ChunkResult], None]] = N
             result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, worker=_worker_name())
         else:
             context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options)
-            result = run_chunk(job.pipeline, chunk, path, storage, context)
+            result = run_chunk(job.pipeline, chunk, path, storage, context, force=job.force)
         results.append(result)
         report(result)
     return results
