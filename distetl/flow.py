@@ -1,9 +1,17 @@
-"""The Prefect 3 flow: batches of chunks fan out as tasks on the chosen task runner.
+"""The Prefect 3 flow: batches of chunks, one Prefect task each, run on Dask or in-process.
 
 This and :mod:`distetl.prefect_api` / :mod:`distetl.runners` are the only modules that
-touch Prefect or Dask. One Prefect task runs a batch of chunks end to end on its worker
-and returns only small :class:`~distetl.execute.ChunkResult` records; each chunk reports
-progress as it lands (Dask worker events on a cluster, a callback in-process).
+touch Prefect or Dask. Each batch of chunks is one Prefect task run (its state, name
+and timing are in Prefect) that returns only small
+:class:`~distetl.execute.ChunkResult` records; each chunk reports progress as it lands
+(Dask worker events on a cluster, a callback in-process).
+
+On a Dask cluster the batch tasks run in driver threads, and each submits its batch to
+the cluster through the Dask client as a plain function (:func:`distetl.packing.run_packed`).
+Workers therefore never import Prefect, rebuild its settings or open an API client per
+task; the Prefect overhead of a batch is a few milliseconds in a driver thread instead
+of ~100 ms on a worker (see ``benchmarks/``). At most two batches per worker thread are
+in flight, so every worker always has its next batch queued.
 """
 
 from __future__ import annotations
@@ -20,35 +28,14 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from distetl.execute import FAILED, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
-from distetl.loader import FlowSource, ensure_modules, loaded_sources
+from distetl.loader import loaded_sources
+from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
 
-__all__ = ["FlowOutcome", "run_flow", "split_batches"]
+__all__ = ["FlowOutcome", "PackedJob", "run_flow", "split_batches"]
 
-_PIPELINES: dict[str, Pipeline] = {}
-
-
-@dataclass
-class PackedJob:
-    """A BatchJob whose pipeline travels as cloudpickle bytes (by value for flow files)."""
-
-    job: BatchJob
-    blob: bytes
-    digest: str
-    sources: list[FlowSource] = field(default_factory=list)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"job": replace(self.job, pipeline=None), "blob": self.blob, "digest": self.digest,
-                "sources": self.sources}
-
-    def unpack(self) -> BatchJob:
-        if self.job.pipeline is not None:
-            return self.job
-        ensure_modules(self.sources)
-        pipeline = _PIPELINES.get(self.digest)
-        if pipeline is None:
-            pipeline = _PIPELINES[self.digest] = cloudpickle.loads(self.blob)
-        return replace(self.job, pipeline=pipeline)
+#: Batches in flight per Dask worker thread when the batch tasks submit to a cluster.
+IN_FLIGHT_PER_THREAD = 2
 
 
 class BatchFailed(Exception):
@@ -68,13 +55,26 @@ class BatchFailed(Exception):
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="{label}", log_prints=False)
 def run_chunks(job: PackedJob, label: str) -> list[ChunkResult]:
-    """Run a batch of chunks (extract → transform → write) on this worker.
+    """Run a batch of chunks (extract → transform → write).
+
+    With a Dask cluster (the run's client), the batch runs on a worker as a plain
+    function and this task, in a driver thread, waits for it; otherwise it runs here.
 
     Raises:
         BatchFailed: If any chunk failed (so the task run shows Failed); the exception
             carries every chunk's result, the committed ones included.
+        Exception: Whatever Dask raised if the batch was lost (e.g. ``KilledWorker``).
     """
-    results = run_batch(job.unpack())
+    run = _ACTIVE.get(job.job.topic)
+    client = run.client if run is not None else None
+    if client is not None:
+        future = client.submit(run_packed, job, key=f"distetl-batch-{uuid.uuid4().hex}", pure=False)
+        try:
+            results = future.result()
+        finally:
+            future.release()
+    else:
+        results = run_batch(job.unpack())
     if any(r.status == FAILED for r in results):
         raise BatchFailed(results)
     return results
@@ -107,10 +107,11 @@ class FlowOutcome:
 
 
 def _drain_prefect_workers() -> bool:
-    """Flush queued Prefect events and logs in this process (run on every Dask worker).
+    """Flush queued Prefect events and logs in this process (the driver: Dask workers
+    run no Prefect code).
 
-    Runs the drain in its own thread: on a Dask worker this is called from the event
-    loop, where Prefect's drain would only hand back a coroutine.
+    Runs the drain in its own thread, so it also works when called from an event loop,
+    where Prefect's drain would only hand back a coroutine.
     """
     import threading
 
@@ -176,13 +177,18 @@ class _ActiveRun:
     on_result: Callable[[ChunkResult], None]
     on_chunk: Callable[[dict[str, Any]], None]
     outcome: FlowOutcome
+    client: Any = None
 
 
 _ACTIVE: dict[str, _ActiveRun] = {}
 
 
 def _backfill(run_key: str) -> None:
-    """The flow body: submit every batch, gather results as they complete."""
+    """The flow body: submit every batch, gather results as they complete.
+
+    On a Dask cluster the batch tasks go to a thread pool on the driver (each hands its
+    batch to the cluster); otherwise to the flow's own task runner.
+    """
     run = _ACTIVE[run_key]
     outcome, topic = run.outcome, run.topic
     context = FlowRunContext.get()
@@ -195,24 +201,37 @@ def _backfill(run_key: str) -> None:
     else:
         _LOCAL_LISTENERS[topic] = lambda r: on_chunk({"key": r.key, "status": r.status, "rows": r.rows})
     try:
-        futures = {}
-        for job in run.jobs:
-            future = run_chunks.submit(job=job, label=job.job.label())
-            futures[future] = job
-            outcome.task_run_ids.append(str(future.task_run_id))
-        for future in as_completed(list(futures)):
-            job = futures.pop(future)
-            for result in _results_of(future, job.job):
-                result.task_run_id = str(future.task_run_id)
-                outcome.results.append(result)
-                run.on_result(result)
-            del future
         if client is not None:
-            client.run(_drain_prefect_workers)
+            from prefect.task_runners import ThreadPoolTaskRunner
+
+            threads = sum(client.nthreads().values()) or 1
+            run.client = client
+            with ThreadPoolTaskRunner(max_workers=max(1, min(len(run.jobs), IN_FLIGHT_PER_THREAD * threads))) as pool:
+                _gather(run, lambda job: pool.submit(run_chunks, {"job": job, "label": job.job.label()}))
+        else:
+            _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()))
     finally:
+        run.client = None
         _LOCAL_LISTENERS.pop(topic, None)
         if client is not None:
             client.unsubscribe_topic(topic)
+
+
+def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any]) -> None:
+    """Submit every batch task, then take each batch's results as it finishes
+    (releasing its future at once, so only small results are kept)."""
+    futures = {}
+    for job in run.jobs:
+        future = submit(job)
+        futures[future] = job
+        run.outcome.task_run_ids.append(str(future.task_run_id))
+    for future in as_completed(list(futures)):
+        job = futures.pop(future)
+        for result in _results_of(future, job.job):
+            result.task_run_id = str(future.task_run_id)
+            run.outcome.results.append(result)
+            run.on_result(result)
+        del future
 
 
 def _results_of(future: Any, job: BatchJob) -> list[ChunkResult]:
