@@ -60,7 +60,7 @@ class ChunkContext:
 
     chunk: Chunk
     output: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def storage(self, url: str) -> Storage:
         """The storage for a source URL, with the run's storage options."""
@@ -91,7 +91,7 @@ class BatchJob:
     pipeline: Pipeline
     chunks: Sequence[tuple[Chunk, str]]
     output: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     force: bool = False
     topic: str = ""
 

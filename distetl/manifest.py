@@ -44,7 +44,7 @@ class RunReport:
     task_runs_recorded: Optional[int] = None
     dry_run: bool = False
     manifest_path: Optional[str] = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def _count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)

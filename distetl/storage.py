@@ -276,7 +276,18 @@ class Storage:
         return {self.unstrip(p) for p in found}
 
     def exists(self, url: str) -> bool:
-        """Whether one file exists (used on workers as a guard, not for planning)."""
+        """Whether one file exists (used on workers as a guard, not for planning).
+
+        On S3 this is one ``HeadObject`` (s3fs's ``exists`` adds a listing to look for a
+        "directory" when the key is missing).
+        """
+        if self.is_s3:
+            bucket, _, key = self.strip(url).partition("/")
+            try:
+                self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return False
+            return True
         return self.fs.exists(self.strip(url))
 
     def open(self, url: str, mode: str = "rb", **kwargs: Any):

@@ -21,6 +21,7 @@ ACCESS_KEY = "AKIATESTDISTETL00000"
 SECRET_KEY = "distetl-test-secret-do-not-leak-0123456789"
 REGION = "us-east-1"
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours the lines of 3xx/4xx/5xx answers
 _REQUEST = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 
 
@@ -37,7 +38,7 @@ class RequestLog(logging.Handler):
         self._guard = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        match = _REQUEST.search(record.getMessage())
+        match = _REQUEST.search(_ANSI.sub("", record.getMessage()))
         if match:
             with self._guard:
                 self.lines.append((match["method"], match["path"], int(match["status"])))

@@ -253,7 +253,7 @@ def test_server_honours_if_none_match_and_commit_is_create_only(s3, bucket):
         client.put_object(Bucket=bucket, Key="raw-check", Body=b"second", IfNoneMatch="*")
 
     url = f"s3://{bucket}/t/part-0.parquet"
-    payloads = [f"writer {i}".encode() * 1000 for i in range(8)]
+    payloads = [f"writer {i}".encode() * 1000 for i in range(5)]
     outcomes: dict[int, bool] = {}
     start = threading.Barrier(len(payloads))
 
@@ -288,11 +288,36 @@ def test_listing_is_one_request_and_never_cached(s3, bucket):
     assert storage.list_files(root) == {f"{root}/k={i}/part-0.parquet" for i in range(3)}
     assert [m for m, _, _ in s3.requests.since(mark)] == ["GET"]
 
+    pattern = f"{root}/k=*/part-0.parquet"
+    assert len(storage.glob(pattern)) == 3
+    mark = s3.requests.mark()
+    assert not storage.exists(f"{root}/k=9/part-0.parquet")  # the worker's guard: one HEAD
+    assert [(m, status) for m, _, status in s3.requests.since(mark)] == [("HEAD", 404)]
     s3.client().put_object(Bucket=bucket, Key="out/t/k=9/part-0.parquet", Body=b"y")  # another writer
-    assert f"{root}/k=9/part-0.parquet" in storage.list_files(root), "a cached listing hid a new object"
+    new = f"{root}/k=9/part-0.parquet"
+    assert new in storage.list_files(root), "a cached listing hid a new object"
+    assert new in storage.glob(pattern) and storage.exists(new), "a cached listing hid a new object"
 
 
 # -- sources on S3, the command line, credentials --------------------------------------------
+
+def test_credentials_stay_out_of_reprs_and_reports(s3, ids_flow):
+    from distetl.execute import BatchJob, ChunkContext
+    from distetl.manifest import RunReport
+
+    secret = "opt-" + uuid.uuid4().hex
+    options = _options(s3, key="AKIAOPTIONKEY0000000", secret=secret)
+    pipeline = load_pipeline(str(ids_flow))
+    chunk = pipeline.plan.chunks()[0]
+    report = RunReport(pipeline="ids", output="s3://b/o", runner="x", run_id="r", started_at="t",
+                       storage_options=options)
+    shown = [repr(Storage("s3", options)), repr(ChunkContext(chunk, "s3://b/o", options)),
+             repr(BatchJob(pipeline, [(chunk, "s3://b/o/x")], "s3://b/o", options)), repr(report),
+             json.dumps(report.to_dict(), default=str)]
+    for text in shown:
+        assert secret not in text and "AKIAOPTIONKEY0000000" not in text, text
+    assert report.to_dict()["storage_options"] == {"endpoint_url": s3.endpoint, "key": "***", "secret": "***"}
+
 
 def test_cli_file_list_source_on_s3_with_env_endpoint_and_option_credentials(
         s3, bucket, flow_file, prefect_api):
@@ -331,6 +356,7 @@ def test_cli_file_list_source_on_s3_with_env_endpoint_and_option_credentials(
     assert manifests and all(secret not in body and key not in body for body in manifests.values())
     for text in (proc.stdout, proc.stderr, status.stdout, status.stderr):
         assert secret not in text and key not in text
+    assert _prefect_files_containing("file=day-00.csv"), "the scan must see this run's Prefect records"
     assert not _prefect_files_containing(secret), "a credential reached Prefect's records"
 
 
