@@ -159,10 +159,12 @@ class Storage:
 
     @property
     def is_local(self) -> bool:
+        """Whether this is the local filesystem."""
         return self.protocol in ("file", "local")
 
     @property
     def is_s3(self) -> bool:
+        """Whether this is S3 (``s3://`` or ``s3a://``) through s3fs."""
         return self.protocol in _S3
 
     # -- the filesystem --------------------------------------------------------------
@@ -290,7 +292,7 @@ class Storage:
             return True
         return self.fs.exists(self.strip(url))
 
-    def open(self, url: str, mode: str = "rb", **kwargs: Any):
+    def open(self, url: str, mode: str = "rb", **kwargs: Any) -> Any:
         """Open a file for reading (sources). Never use this to write a target: see
         :meth:`write_atomic`."""
         return self.fs.open(self.strip(url), mode, **kwargs)

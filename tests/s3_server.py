@@ -83,11 +83,13 @@ class S3Server:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.requests = RequestLog()
         self.endpoint = ""
+        self._propagate = True
 
     def start(self) -> "S3Server":
         logger = logging.getLogger("werkzeug")
         logger.addHandler(self.requests)
         logger.setLevel(logging.INFO)
+        self._propagate = logger.propagate
         logger.propagate = False  # keep request lines out of pytest's captured output
         self._server.start()
         host, port = self._server.get_host_and_port()
@@ -96,7 +98,9 @@ class S3Server:
 
     def stop(self) -> None:
         self._server.stop()
-        logging.getLogger("werkzeug").removeHandler(self.requests)
+        logger = logging.getLogger("werkzeug")
+        logger.removeHandler(self.requests)
+        logger.propagate = self._propagate
 
     def client(self, **credentials: str):
         """A boto3 S3 client for this server (test set-up and inspection only)."""
