@@ -31,6 +31,7 @@ from distetl.execute import FAILED, BatchJob, ChunkResult, _LOCAL_LISTENERS, run
 from distetl.loader import loaded_sources
 from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
+from distetl.prefect_api import publish_chunk_table
 
 __all__ = ["FlowOutcome", "PackedJob", "run_flow", "split_batches"]
 
@@ -210,6 +211,7 @@ def _backfill(run_key: str) -> None:
                 _gather(run, lambda job: pool.submit(run_chunks, {"job": job, "label": job.job.label()}))
         else:
             _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()))
+        publish_chunk_table(run.jobs[0].job.pipeline.name if run.jobs else "distetl", run.outcome.results)
     finally:
         run.client = None
         _LOCAL_LISTENERS.pop(topic, None)

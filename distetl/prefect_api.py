@@ -198,3 +198,24 @@ def wait_for_task_runs(task_run_ids: list[str], timeout: float = 60.0) -> int:
             if recorded >= len(wanted) or time.monotonic() > deadline:
                 return recorded
             time.sleep(0.2)
+
+
+def publish_chunk_table(pipeline_name: str, results: list) -> None:
+    """Record every chunk of the flow run in Prefect as one table artifact.
+
+    Chunks are batched into tasks, so a task run covers several chunks; this table
+    keeps each chunk's own record (key, status, rows, bytes, seconds, task run, error)
+    in the API next to the flow run.
+    """
+    import re
+
+    from prefect.artifacts import create_table_artifact
+
+    rows = [
+        {"chunk": r.key, "status": r.status, "rows": r.rows, "bytes": r.bytes,
+         "seconds": round(r.seconds, 3), "attempts": r.attempts, "task_run_id": r.task_run_id,
+         "error": (r.error or "")[:500]}
+        for r in results
+    ]
+    key = "distetl-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_name.lower()).strip("-")
+    create_table_artifact(table=rows, key=key, description=f"distetl chunks of {pipeline_name}: {len(rows)}")

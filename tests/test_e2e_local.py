@@ -40,6 +40,7 @@ def test_full_year_on_local_cluster_then_rerun_commits_nothing(tmp_path, prefect
     manifest = Path(report.manifest_path)
     assert manifest.exists() and manifest.parts[-4] == "_distetl"
     assert report.task_runs_recorded == report.task_runs > 0
+    _assert_every_chunk_recorded_in_prefect(report)
 
     before = _files(out / "flights")
     again = distetl.run(pipeline, str(out), runner="local", workers=2)
@@ -47,3 +48,28 @@ def test_full_year_on_local_cluster_then_rerun_commits_nothing(tmp_path, prefect
     assert again.written == 0 and again.skipped == 365 and again.to_run == 0
     assert again.task_runs == 0, "nothing left to run must start no flow and no cluster"
     assert _files(out / "flights") == before
+
+
+def _assert_every_chunk_recorded_in_prefect(report):
+    """Every chunk's task run is in the API in a final state, and the flow run carries a
+    table artifact with one row per chunk."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    import httpx
+
+    task_run_ids = {r.task_run_id for r in report.results}
+    assert None not in task_run_ids
+    with get_client(sync_client=True) as client:
+        for task_run_id in task_run_ids:
+            assert client.read_task_run(UUID(task_run_id)).state.is_completed()
+    body = {"artifacts": {"flow_run_id": {"any_": [report.flow_run_id]}, "type": {"any_": ["table"]}},
+            "limit": 10, "offset": 0, "sort": "CREATED_DESC"}
+    tables = httpx.post(f"{report.prefect_api}/artifacts/filter", json=body).raise_for_status().json()
+    assert len(tables) == 1
+    import json
+
+    data = tables[0]["data"]
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert sorted(row["chunk"] for row in rows) == sorted(r.key for r in report.results)
+    assert {row["task_run_id"] for row in rows} == task_run_ids
