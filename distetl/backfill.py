@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 from rich.console import Console
 
 from distetl.chunks import Chunk
 from distetl.errors import ConfigError
-from distetl.execute import FAILED, WRITTEN, BatchJob, ChunkResult
+from distetl.execute import FAILED, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.manifest import RunReport, now_iso
 from distetl.pipeline import Pipeline
 from distetl.plans import Plan
@@ -130,7 +130,7 @@ def run(
     started = time.perf_counter()
     spec = runner if isinstance(runner, RunnerSpec) else RunnerSpec.from_options(runner, workers, scheduler)
     planned = plan(pipeline, output, params, storage_options, force)
-    spec.check()
+    facts = spec.check(planned.pipeline if planned.todo and not dry_run else None)
     report = RunReport(
         pipeline=pipeline.name, output=planned.targets.output, runner=spec.describe(),
         run_id=uuid.uuid4().hex, started_at=now_iso(), plan=planned.plan.describe(),
@@ -143,7 +143,7 @@ def run(
         return report
     if planned.todo:
         _execute(planned, spec, report, force, chunks_per_task, console, progress, record_timeout,
-                 dict(storage_options or {}))
+                 dict(storage_options or {}), facts.threads if facts else None)
     report.seconds = time.perf_counter() - started
     report.write_manifest(planned.targets.storage)
     return report
@@ -152,14 +152,14 @@ def run(
 def _execute(
     planned: PlannedRun, spec: RunnerSpec, report: RunReport, force: bool,
     chunks_per_task: Optional[int], console: Console, show: bool, record_timeout: float,
-    storage_options: dict[str, Any],
+    storage_options: dict[str, Any], cluster_threads: Optional[int] = None,
 ) -> None:
     from distetl.flow import run_flow, split_batches
     from distetl.prefect_api import prefect_api, wait_for_task_runs
     from distetl.progress import LiveProgress
 
     output = planned.targets.output
-    workers = spec.n_workers if spec.kind == "local" else (1 if spec.kind == "sequential" else 8)
+    workers = spec.n_workers if spec.kind == "local" else (1 if spec.kind == "sequential" else cluster_threads or 8)
     batches = split_batches(planned.todo, workers, chunks_per_task)
     jobs = [BatchJob(planned.pipeline, batch, output, storage_options, force) for batch in batches]
     landed: dict[str, dict[str, Any]] = {}
@@ -187,7 +187,11 @@ def _execute(
     for chunk, path in planned.todo:
         result = results.get(chunk.key)
         event = landed.get(chunk.key)
-        if result is None or (result.status == FAILED and event and event.get("status") == WRITTEN):
+        if result is not None and result.status == SKIPPED and event and event.get("status") == WRITTEN:
+            # Committed by this run in an attempt that was lost (its worker died after the
+            # commit); the rerun of the batch found the file and skipped it.
+            result = replace(result, status=WRITTEN, rows=int(event.get("rows") or 0))
+        elif result is None or (result.status == FAILED and event and event.get("status") == WRITTEN):
             # The batch was lost (e.g. a worker died) after this chunk had committed.
             status = event["status"] if event else FAILED
             result = ChunkResult(

@@ -149,9 +149,11 @@ def run_flow(
         flow_run_name: Name of the flow run in Prefect.
     """
     blob = cloudpickle.dumps(pipeline)
-    digest = hashlib.sha256(blob).hexdigest()
-    topic = f"distetl-{uuid.uuid4().hex}"
     sources = loaded_sources()
+    # The pipeline pickles flow-file functions by reference: the digest (the workers'
+    # cache key) covers the shipped source too, so an edited flow file is not stale.
+    digest = hashlib.sha256(blob + "".join(s.source for s in sources).encode()).hexdigest()
+    topic = f"distetl-{uuid.uuid4().hex}"
     packed = [PackedJob(replace(job, topic=topic), blob, digest, sources) for job in jobs]
     run = _ActiveRun(packed, topic, on_result, on_chunk, FlowOutcome())
     _ACTIVE[topic] = run

@@ -35,17 +35,27 @@ def loaded_sources() -> list[FlowSource]:
 
 
 def ensure_modules(sources: list[FlowSource]) -> None:
-    """Make shipped flow modules importable in this (worker) process."""
+    """Make shipped flow modules importable in this (worker) process.
+
+    A module shipped earlier with other source (the flow file was edited between two
+    runs on a long-lived cluster) is executed again, so workers never run stale code.
+    A module this process loaded from the file itself is left alone.
+    """
     for src in sources:
-        if src.module in sys.modules:
+        previous = sys.modules.get(src.module)
+        if previous is not None and getattr(previous, "__distetl_source__", src.source) == src.source:
             continue
         module = ModuleType(src.module)
         module.__file__ = src.path
+        module.__distetl_source__ = src.source  # type: ignore[attr-defined]
         sys.modules[src.module] = module
         try:
             exec(compile(src.source, src.path, "exec"), module.__dict__)
         except BaseException:
-            del sys.modules[src.module]
+            if previous is not None:
+                sys.modules[src.module] = previous
+            else:
+                del sys.modules[src.module]
             raise
 
 

@@ -7,15 +7,15 @@ distetl's execution code, pandas and pyarrow, never the orchestration layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 
-from distetl.execute import BatchJob, ChunkResult, run_batch
+from distetl.execute import BatchJob, ChunkResult, _default_reporter, run_batch
 from distetl.loader import FlowSource, ensure_modules
 from distetl.pipeline import Pipeline
 
-__all__ = ["PackedJob", "run_packed"]
+__all__ = ["BatchAbandoned", "PackedJob", "run_packed"]
 
 _PIPELINES: dict[str, Pipeline] = {}
 
@@ -54,6 +54,40 @@ class PackedJob:
         return replace(self.job, pipeline=pipeline)
 
 
+class BatchAbandoned(RuntimeError):
+    """Raised on a worker between chunks when nobody wants the batch any more (its
+    driver died or disconnected): the chunks not started stay missing for the rerun."""
+
+
 def run_packed(job: PackedJob) -> list[ChunkResult]:
-    """Run a packed batch in this process (the function Dask workers run)."""
-    return run_batch(job.unpack())
+    """Run a packed batch in this process (the function Dask workers run).
+
+    On a Dask worker the batch stops before its next chunk once the scheduler has
+    cancelled it (its client -- the driver -- is gone), so an orphaned batch commits at
+    most the chunk it was writing.
+    """
+    return run_batch(job.unpack(), report=_reporter(job.job.topic))
+
+
+def _reporter(topic: str) -> Callable[[ChunkResult], None]:
+    """Progress reporter that also raises :class:`BatchAbandoned` once this batch's
+    Dask task was cancelled."""
+    send = _default_reporter(topic)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):
+        return send
+
+    def report(result: ChunkResult) -> None:
+        send(result)
+        state = worker.state.tasks.get(key)
+        if state is None or state.state in ("cancelled", "released", "forgotten"):
+            raise BatchAbandoned(
+                f"batch {key} stopped after chunk {result.key}: the scheduler cancelled it "
+                "(its driver disconnected); the rest of its chunks are left for the rerun"
+            )
+
+    return report

@@ -60,12 +60,16 @@ class EmbeddedServer:
         home: Directory for ``PREFECT_HOME`` (database, logs).
         port: Port to bind; a free one when None.
         ui: Serve Prefect's UI too.
+        tied: Stop the server when this process dies, however it dies (its stdin is a
+            pipe from this process; see :mod:`distetl._serve`). False for a server that
+            must outlive its starter (``distetl cluster up``).
     """
 
-    def __init__(self, home: Path, port: int | None = None, ui: bool = False):
+    def __init__(self, home: Path, port: int | None = None, ui: bool = False, tied: bool = True):
         self.home = Path(home)
         self.port = port or _free_port()
         self.ui = ui
+        self.tied = tied
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,11 +93,15 @@ class EmbeddedServer:
             PREFECT_SERVER_API_HOST="127.0.0.1",
             PREFECT_SERVER_API_PORT=str(self.port),
         )
+        if self.ui:
+            env["PREFECT_UI_API_URL"] = self.url
         log = open(self.home / "server.log", "ab")
+        launcher = ["-m", "distetl._serve", "uvicorn"] if self.tied else ["-m", "uvicorn"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+            [sys.executable, *launcher, "--factory", "prefect.server.api.server:create_app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if self.tied else subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
@@ -121,6 +129,8 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None and self.process.stdin is not None:
+            self.process.stdin.close()
         self.process = None
 
 

@@ -1,23 +1,53 @@
 """Where chunk tasks run: a local Dask cluster, a remote scheduler, or one thread.
 
 This module builds the Prefect task runner and checks, before anything is planned as
-running, that a remote scheduler answers.
+running, that a remote cluster is usable: the scheduler answers as a Dask scheduler
+within the connect timeout, at least one worker is connected, every worker runs the
+driver's distetl and Python, and every worker can load the flow's code.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
-from typing import Any
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from distetl.errors import ClusterError, ConfigError
 
-__all__ = ["RunnerSpec", "SCHEDULER_ENV"]
+__all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "probe_cluster"]
 
 SCHEDULER_ENV = "DISTETL_SCHEDULER"
 RUNNERS = ("local", "remote", "sequential")
+
+_TLS_FIX = (
+    "for tls:// give the client its certificates through Dask's security configuration "
+    "(distributed.comm.tls.ca-file, .client.cert, .client.key in ~/.config/dask/*.yaml, or "
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE / __CLIENT__CERT / __CLIENT__KEY; see cluster/README.md)"
+)
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the pre-flight check learned about a remote cluster.
+
+    Attributes:
+        address: The scheduler address.
+        workers: Worker address → what the worker reported (``nthreads``, ``python``,
+            ``distetl``, ``host``).
+        dashboard: The scheduler's dashboard URL, if it serves one.
+    """
+
+    address: str
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dashboard: Optional[str] = None
+
+    @property
+    def threads(self) -> int:
+        """Worker threads in the cluster (at least 1)."""
+        return max(1, sum(int(w.get("nthreads") or 1) for w in self.workers.values()))
 
 
 @dataclass(frozen=True)
@@ -29,8 +59,9 @@ class RunnerSpec:
             ``remote`` (an existing scheduler), or ``sequential`` (Prefect's
             ``ThreadPoolTaskRunner(max_workers=1)``: the baseline).
         workers: Worker processes for ``local``; defaults to the number of cores.
-        scheduler: ``tcp://host:port`` for ``remote``.
-        connect_timeout: Seconds to wait for a remote scheduler.
+        scheduler: ``tcp://host:port`` (or ``tls://host:port``) for ``remote``.
+        connect_timeout: Seconds to wait for a remote scheduler (TCP connect, Dask
+            handshake) and for its first worker.
     """
 
     kind: str = "local"
@@ -70,36 +101,65 @@ class RunnerSpec:
                 f"--workers only with --runner local", f"--workers {workers} with {kind}",
                 "size a remote cluster where it is started (distetl cluster up --workers N)",
             )
+        if not connect_timeout or connect_timeout <= 0:
+            raise ConfigError("--connect-timeout above 0 seconds", str(connect_timeout), "pass e.g. --connect-timeout 10")
         return cls(kind=kind, workers=workers, scheduler=scheduler, connect_timeout=connect_timeout)
 
     @property
     def n_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
 
-    def check(self) -> None:
-        """Fail fast when a remote scheduler cannot be reached.
+    @property
+    def address(self) -> Optional[str]:
+        """The scheduler address with its scheme (``tcp://`` when none was given)."""
+        if not self.scheduler:
+            return None
+        return self.scheduler if "://" in self.scheduler else f"tcp://{self.scheduler}"
+
+    def check(self, pipeline: Any = None) -> Optional[ClusterFacts]:
+        """Fail fast when a remote cluster cannot run the backfill.
+
+        Checks, each within ``connect_timeout``: the address is well formed; a TCP
+        connection opens; the listener answers as a Dask scheduler; at least one worker
+        is connected; every worker imports the driver's distetl version under the same
+        Python minor version; and, given a pipeline, every worker can load the flow's
+        code (the shipped flow file and everything it imports).
+
+        Args:
+            pipeline: The pipeline to check the workers can load (optional).
+
+        Returns:
+            What was learned about the cluster, or None for local runners.
 
         Raises:
-            ClusterError: With the address and the fix, within ``connect_timeout``.
+            ClusterError: With the address, what went wrong and the fix.
         """
         if self.kind != "remote":
-            return
-        parsed = urlparse(self.scheduler if "://" in self.scheduler else f"tcp://{self.scheduler}")
-        if parsed.scheme not in ("tcp", "tls") or not parsed.hostname or not parsed.port:
+            return None
+        address = self.address or ""
+        parsed = urlparse(address)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme not in ("tcp", "tls") or not parsed.hostname or not port:
             raise ClusterError(
                 "a scheduler address like tcp://HOST:8786", repr(self.scheduler),
-                "pass --scheduler tcp://HOST:PORT (tls://HOST:PORT with Dask security config)",
+                f"pass --scheduler tcp://HOST:PORT or set {SCHEDULER_ENV} "
+                "(tls://HOST:PORT with Dask's TLS configuration)",
             )
         try:
-            with socket.create_connection((parsed.hostname, parsed.port), timeout=self.connect_timeout):
+            with socket.create_connection((parsed.hostname, port), timeout=self.connect_timeout):
                 pass
         except OSError as exc:
             raise ClusterError(
-                f"a Dask scheduler listening at {self.scheduler}",
-                f"{type(exc).__name__}: {exc}",
-                "start one (distetl cluster up, or `dask scheduler`) or fix --scheduler / "
-                f"{SCHEDULER_ENV}; raise --connect-timeout for slow networks",
+                f"a Dask scheduler listening at {address}",
+                f"{type(exc).__name__}: {exc or 'timed out'} (after at most {self.connect_timeout:g}s)",
+                "start one (`distetl cluster up`, or `dask scheduler` on that host) or fix --scheduler / "
+                f"{SCHEDULER_ENV}; check firewalls between here and the scheduler; raise --connect-timeout "
+                "for slow networks",
             ) from None
+        return probe_cluster(address, self.connect_timeout, pipeline)
 
     def task_runner(self) -> Any:
         """The Prefect task runner for this spec."""
@@ -111,7 +171,7 @@ class RunnerSpec:
 
         if self.kind == "remote":
             return DaskTaskRunner(
-                address=self.scheduler,
+                address=self.address,
                 client_kwargs={"timeout": f"{self.connect_timeout}s"},
             )
         return DaskTaskRunner(
@@ -129,5 +189,197 @@ class RunnerSpec:
         if self.kind == "local":
             return f"local Dask cluster, {self.n_workers} worker process(es)"
         if self.kind == "remote":
-            return f"remote Dask scheduler {self.scheduler}"
+            return f"remote Dask scheduler {self.address}"
         return "sequential (one thread)"
+
+
+# -- the pre-flight check of a remote cluster ---------------------------------------------
+
+# Runs on each worker. Built from source so cloudpickle ships it by value: it must run
+# (and say so) on a worker where distetl is missing or broken.
+_WORKER_FACTS_SOURCE = '''
+def worker_facts():
+    import os, socket, sys
+    facts = {"python": "%d.%d.%d" % sys.version_info[:3], "host": socket.gethostname(),
+             "pid": os.getpid(), "executable": sys.executable}
+    try:
+        import distetl
+        facts["distetl"] = str(getattr(distetl, "__version__", "unknown"))
+        facts["distetl_path"] = os.path.dirname(getattr(distetl, "__file__", "") or "")
+    except BaseException as exc:
+        facts["distetl"] = None
+        facts["distetl_error"] = "%s: %s" % (type(exc).__name__, exc)
+    return facts
+'''
+
+
+def _worker_facts_function() -> Any:
+    namespace: dict[str, Any] = {"__name__": "distetl_worker_probe"}
+    exec(compile(_WORKER_FACTS_SOURCE, "<distetl worker probe>", "exec"), namespace)
+    return namespace["worker_facts"]
+
+
+def load_flow_on_worker(sources: list[Any], blob: bytes) -> Optional[str]:
+    """Load the flow's shipped files and unpickle its pipeline, as a batch would.
+
+    Runs on a worker. Returns None, or the error (with the module it was loading).
+    """
+    import traceback
+
+    import cloudpickle
+
+    from distetl.loader import ensure_modules
+
+    try:
+        ensure_modules(sources)
+    except BaseException as exc:  # noqa: BLE001 - reported to the driver
+        where = ", ".join(s.path for s in sources) or "the flow file"
+        frames = traceback.extract_tb(exc.__traceback__)
+        line = next((f"{f.filename}:{f.lineno}" for f in reversed(frames) if f.filename in
+                     {s.path for s in sources}), where)
+        return f"{type(exc).__name__}: {exc} (loading {line})"
+    try:
+        cloudpickle.loads(blob)
+    except BaseException as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc} (unpickling the pipeline)"
+    return None
+
+
+def _hint_for(error: str) -> str:
+    if "ModuleNotFoundError" in error or "ImportError" in error:
+        name = error.split("No module named", 1)[-1].strip(" '\"").split("'")[0] if "No module named" in error else ""
+        what = f"`{name}`" if name else "the missing package"
+        return (f"install {what} in the Python environment of every worker host (the same "
+                "environment that runs `dask worker`) and restart the workers; code the flow "
+                "file imports from beside it must be installed as a package on the workers")
+    return "fix the flow file (it fails when a worker loads it) or the worker's environment"
+
+
+def _identity(address: str, timeout: float) -> dict[str, Any]:
+    """Ask whatever listens at ``address`` who it is, in Dask's protocol, within
+    ``timeout`` (``distributed.Client`` can wait far longer on a listener that is not a
+    Dask scheduler). Uses Dask's security configuration for ``tls://``.
+
+    Raises:
+        TimeoutError, OSError: If no Dask answer comes in time.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def ask() -> dict[str, Any]:
+        args = Security().get_connection_args("client")
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **args), timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            answer = await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+        return answer if isinstance(answer, dict) else {}
+
+    return asyncio.run(ask())
+
+
+def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> ClusterFacts:
+    """Connect to a scheduler and check it can run distetl batches.
+
+    Args:
+        address: ``tcp://HOST:PORT`` or ``tls://HOST:PORT``.
+        timeout: Seconds for the Dask handshake and for the first worker to appear.
+        pipeline: If given, check every worker can load it (flow files included).
+
+    Raises:
+        ClusterError: On the first problem, naming the address (and worker) and the fix.
+    """
+    import cloudpickle
+    from distributed import Client
+
+    import distetl
+    from distetl.loader import loaded_sources
+
+    try:
+        identity = _identity(address, timeout)
+        if identity.get("type") != "Scheduler":
+            kind = identity.get("type") or "something else"
+            raise ClusterError(
+                f"a Dask scheduler at {address}", f"a Dask {kind} (id {identity.get('id')})",
+                "pass the scheduler's address (what `dask scheduler` prints as 'Scheduler at'), "
+                "not a worker's or nanny's",
+            )
+        client = Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except ClusterError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every connection failure gets the same advice
+        text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if isinstance(exc, TimeoutError) and not str(exc):
+            text = f"no answer within {timeout:g}s"
+        elif not isinstance(exc, (OSError, TimeoutError)):
+            text = f"an answer that is not Dask's protocol ({text[:120]})"
+        tls = address.startswith("tls://") or "TLS" in text or "SSL" in text
+        raise ClusterError(
+            f"a Dask scheduler answering at {address} within {timeout:g}s",
+            f"{type(exc).__name__}: {text}" + (
+                "" if tls else " (something accepts connections there but did not answer as a Dask scheduler)"
+            ),
+            (_TLS_FIX if tls else
+             "point --scheduler (or DISTETL_SCHEDULER) at the address `dask scheduler` prints as "
+             "'Scheduler at' (port 8786 by default; 8787 is the dashboard, not the scheduler); "
+             "raise --connect-timeout for slow networks"),
+        ) from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except Exception:  # noqa: BLE001 - distributed raises TimeoutError here
+            raise ClusterError(
+                f"at least one Dask worker connected to {address}",
+                f"none within {timeout:g}s",
+                f"start workers (`dask worker {address}` on each worker host, or "
+                "`distetl cluster up`), or raise --connect-timeout while they start",
+            ) from None
+        facts = client.run(_worker_facts_function())
+        nthreads = client.nthreads()
+        info = client.scheduler_info()
+        mine = f"{distetl.__version__}"
+        here_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        for worker, f in sorted(facts.items()):
+            host = f.get("host", "?")
+            if f.get("distetl") is None:
+                raise ClusterError(
+                    f"distetl {mine} importable on every Dask worker",
+                    f"worker {worker} (host {host}, {f.get('executable')}) cannot import it: "
+                    f"{f.get('distetl_error')}",
+                    f"install distetl {mine} in the environment that runs `dask worker` on {host} "
+                    "(pip install distetl==VERSION, or pip install -e . from the same checkout) "
+                    "and restart the worker",
+                )
+            if f["distetl"] != mine:
+                raise ClusterError(
+                    f"distetl {mine} (the driver's version) on every Dask worker",
+                    f"distetl {f['distetl']} on worker {worker} (host {host}, {f.get('distetl_path')})",
+                    f"install distetl {mine} on {host} (the environment that runs `dask worker`) and "
+                    "restart the worker, or run the driver from the workers' version",
+                )
+            worker_py = ".".join(f["python"].split(".")[:2])
+            if worker_py != here_py:
+                raise ClusterError(
+                    f"Python {here_py} (the driver's) on every Dask worker",
+                    f"Python {f['python']} on worker {worker} (host {host})",
+                    "run the driver and the workers on the same Python minor version "
+                    "(pipelines travel pickled)",
+                )
+            f["nthreads"] = nthreads.get(worker, 1)
+        if pipeline is not None:
+            sources = loaded_sources()
+            blob = cloudpickle.dumps(pipeline)
+            errors = client.run(load_flow_on_worker, sources, blob)
+            for worker, error in sorted(errors.items()):
+                if error:
+                    raise ClusterError(
+                        f"every Dask worker to load the flow {getattr(pipeline, 'name', '')!r} "
+                        "and everything it imports",
+                        f"worker {worker} (host {facts[worker].get('host', '?')}): {error}",
+                        _hint_for(error),
+                    )
+        dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
+        return ClusterFacts(address=address, workers=facts, dashboard=dashboard)
