@@ -197,5 +197,6 @@ def _execute(
             result = ChunkResult(
                 key=chunk.key, path=path, status=status, rows=int((event or {}).get("rows") or 0),
                 error=None if event else "no result came back (worker or task lost); rerun to redo it",
+                task_run_id=result.task_run_id if result is not None else None,
             )
         report.results.append(result)

@@ -1,0 +1,227 @@
+"""Faults real clusters have: a worker SIGKILLed mid-run, the driver SIGKILLed mid-run,
+and two runs of the same backfill at once. Real ``dask scheduler``/``dask worker``
+processes on 127.0.0.1; the flow logs every extract (and whether its target already
+existed) so a recomputed committed chunk cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+import distetl
+from distetl.loader import load_pipeline
+
+from cluster_helpers import (
+    DaskProcesses, clean_env, expected_table, logged_flow_source, manifest_task_runs, read_exec_log,
+    task_run_states, wait_until,
+)
+from conftest import REPO
+
+DAYS = 20
+
+
+def _days(n: int) -> list[str]:
+    return [f"2024-01-{d:02d}" for d in range(1, n + 1)]
+
+
+def _targets(out: Path) -> dict[str, tuple[int, int]]:
+    """Committed targets: day → (inode, mtime) (to prove files untouched)."""
+    found = {}
+    for path in out.glob("t/date=*/part-0.parquet"):
+        st = path.stat()
+        found[path.parent.name.split("=", 1)[1]] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def _check_output(out: Path, n: int) -> None:
+    """Every target is a complete Parquet file equal to a clean run's; nothing else."""
+    assert sorted(_targets(out)) == _days(n)
+    for day in _days(n):
+        assert pq.read_table(out / "t" / f"date={day}" / "part-0.parquet").equals(expected_table(day)), day
+    leftovers = [p for p in out.rglob("*") if p.is_file() and "_distetl" not in p.parts and p.name != "part-0.parquet"]
+    assert leftovers == [], leftovers
+
+
+def _no_recompute_after_commit(log: Path) -> None:
+    started_on_committed = [(key, pid) for event, key, pid, existed in read_exec_log(log) if event == "start" and existed]
+    assert started_on_committed == [], "a committed chunk was computed again"
+
+
+class _Killer:
+    """Kills (SIGKILL) the worker process that has just started a chunk, once ``after``
+    chunks have started, while that chunk sleeps in its extract."""
+
+    def __init__(self, log: Path, after: int):
+        self.log, self.after = log, after
+        self.victim: tuple[str, int] | None = None
+        self.at_line = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            seen = 0
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                lines = read_exec_log(self.log)
+                fresh = [line for line in lines[seen:] if line[0] == "start"]
+                seen = len(lines)
+                if fresh and sum(1 for line in lines if line[0] == "start") >= self.after:
+                    _, key, pid, _ = fresh[-1]
+                    os.kill(pid, signal.SIGKILL)
+                    self.victim, self.at_line = (key, pid), seen
+                    return
+                time.sleep(0.01)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+            self.error = exc
+
+
+@pytest.mark.parametrize("allowed_failures", [None, 0], ids=["rescheduled", "killed-worker-error"])
+def test_worker_killed_mid_run_commits_every_chunk_exactly_once(allowed_failures, tmp_path, flow_file, prefect_api):
+    log = tmp_path / "exec.log"
+    pipeline = load_pipeline(str(flow_file(logged_flow_source(log, n_days=DAYS, sleep=0.3))))
+    out = tmp_path / "out"
+    scheduler_env = {} if allowed_failures is None else {
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+    with DaskProcesses(tmp_path / "dask") as procs:
+        procs.start(n_workers=2, scheduler_env=scheduler_env)
+        killer = _Killer(log, after=5)
+        killer.thread.start()
+        report = distetl.run(pipeline, str(out), scheduler=procs.address, chunks_per_task=3)
+        killer.thread.join(timeout=5)
+        assert killer.error is None and killer.victim is not None, "the kill did not happen mid-run"
+        victim_key, victim_pid = killer.victim
+        assert not psutil.pid_exists(victim_pid) or psutil.Process(victim_pid).status() == psutil.STATUS_ZOMBIE
+
+        starts = Counter(key for event, key, _, _ in read_exec_log(log) if event == "start")
+        _no_recompute_after_commit(log)
+        if allowed_failures is None:
+            # Dask reran the lost batch on a live worker: only the chunk that was
+            # running on the dead worker ran twice; the run is complete.
+            assert report.ok, [(r.key, r.error) for r in report.failed]
+            assert report.written == DAYS and report.skipped == 0
+            assert {k for k, n in starts.items() if n > 1} == {victim_key}
+        else:
+            # KilledWorker: the lost batch's unfinished chunks are reported failed, with
+            # the reason; its chunks committed before the kill count as written.
+            assert not report.ok
+            failed = {r.key for r in report.failed}
+            assert victim_key in failed
+            assert all("KilledWorker" in (r.error or "") for r in report.failed), report.failed[0].error
+            assert report.written == DAYS - len(failed)
+            assert set(starts.values()) == {1}
+            missing_before = set(_days(DAYS)) - set(_targets(out))
+            assert {f"date={d}" for d in missing_before} == failed
+            before = _targets(out)
+            rerun = distetl.run(pipeline, str(out), scheduler=procs.address)
+            assert rerun.ok and {r.key for r in rerun.results if r.status == "written"} == failed
+            assert rerun.skipped == DAYS - len(failed)
+            assert {d: v for d, v in _targets(out).items() if d in before} == before
+            _no_recompute_after_commit(log)
+
+    _check_output(out, DAYS)
+    # Every batch's task run reached a final state in the driver's API.
+    by_chunk = manifest_task_runs(report.manifest_path)
+    states = task_run_states(prefect_api, set(by_chunk.values()))
+    assert set(states) == set(by_chunk.values())
+    assert set(states.values()) == ({"COMPLETED"} if allowed_failures is None else {"COMPLETED", "FAILED"})
+
+
+def test_driver_killed_mid_run_rerun_commits_only_the_missing_chunks(tmp_path, flow_file, prefect_api):
+    """SIGKILL the driver (the CLI, with its own embedded Prefect API) mid-run. Its
+    batches on the cluster stop after the chunk they were writing, its Prefect server
+    exits, and the rerun commits exactly the chunks that were missing."""
+    log = tmp_path / "exec.log"
+    n = 24
+    path = flow_file(logged_flow_source(log, n_days=n, sleep=0.3))
+    out = tmp_path / "out"
+    with DaskProcesses(tmp_path / "dask") as procs:
+        procs.start(n_workers=2)
+        env = clean_env(DISTETL_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"))
+        driver = psutil.Popen(
+            [sys.executable, "-m", "distetl.cli", "run", str(path), "--output", str(out),
+             "--scheduler", procs.address, "--chunks-per-task", "6", "--no-progress"],
+            env=env, cwd=str(REPO), stdout=open(tmp_path / "driver.log", "wb"), stderr=-2,
+        )
+        servers: list[psutil.Process] = []
+        try:
+            wait_until(lambda: sum(1 for e in read_exec_log(log) if e[0] == "start") >= 6, 120,
+                       "six chunks to start")
+            servers = [p for p in driver.children(recursive=True) if "prefect.server" in " ".join(p.cmdline())]
+            lines_at_kill = len(read_exec_log(log))
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=10)
+            assert len(servers) == 1
+
+            def idle() -> bool:
+                from distributed import Client
+
+                with Client(procs.address, timeout="10s", set_as_default=False) as client:
+                    executing = client.run(lambda dask_worker: len(dask_worker.state.executing))
+                return all(count == 0 for count in executing.values())
+
+            wait_until(idle, 60, "the orphaned batches to stop")
+            _, alive = psutil.wait_procs(servers, timeout=40)
+            assert not alive, "the killed driver's Prefect server is still running"
+        finally:
+            for proc in [driver, *servers]:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+        after_kill = [e for e in read_exec_log(log)[lines_at_kill:] if e[0] == "start"]
+        assert len(after_kill) <= 2, f"orphaned batches kept going: {after_kill}"
+
+        committed = _targets(out)
+        missing = {f"date={d}" for d in _days(n)} - {f"date={d}" for d in committed}
+        assert 0 < len(committed) < n and missing
+        rerun = distetl.run(load_pipeline(str(path)), str(out), scheduler=procs.address)
+
+    assert rerun.ok and rerun.already_committed == len(committed)
+    assert {r.key for r in rerun.results if r.status == "written"} == missing
+    assert {d: v for d, v in _targets(out).items() if d in committed} == committed, "committed files were rewritten"
+    _no_recompute_after_commit(log)
+    _check_output(out, n)
+
+
+def test_two_runs_of_the_same_backfill_at_once(tmp_path, flow_file, prefect_api):
+    log = tmp_path / "exec.log"
+    n = 20
+    path = flow_file(logged_flow_source(log, n_days=n, sleep=0.1))
+    out = tmp_path / "out"
+    with DaskProcesses(tmp_path / "dask") as procs:
+        procs.start(n_workers=2)
+        runs = [
+            psutil.Popen(
+                [sys.executable, "-m", "distetl.cli", "run", str(path), "--output", str(out), "--scheduler",
+                 procs.address, "--chunks-per-task", "2", "--json"],
+                env=dict(os.environ), cwd=str(REPO), stdout=-1, stderr=-1, text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            results = [run.communicate(timeout=180) for run in runs]
+        finally:
+            for run in runs:
+                if run.poll() is None:
+                    run.kill()
+    for run, (stdout, stderr) in zip(runs, results):
+        assert run.returncode == 0, stderr[-3000:]
+    reports = [json.loads(stdout)["summary"] for stdout, _ in results]
+    for summary in reports:
+        assert summary["failed"] == 0 and summary["written"] + summary["skipped"] == n
+    assert sum(s["written"] for s in reports) >= n
+    _check_output(out, n)
+    manifests = list((out / "_distetl" / "logged" / "runs").glob("*.json"))
+    assert len(manifests) == 2
+    json.loads((out / "_distetl" / "logged" / "latest.json").read_text())
