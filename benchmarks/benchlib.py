@@ -1,0 +1,651 @@
+"""The benchmark variants, measured the same way on the same chunks.
+
+Every variant runs the same per-chunk work: the pipeline's extract and transform, the
+cast to its schema, the Parquet serialisation and the atomic commit of
+:mod:`distetl.execute` (the naive Prefect variant splits exactly that code into three
+tasks; dask.dataframe writes through its own ``to_parquet``). What differs is only how the
+chunks are orchestrated:
+
+``loop``
+    A plain Python loop in the driver: no Prefect, no Dask. Its wall time divided by
+    the number of workers is the *ideal* parallel time.
+``sequential``
+    ``distetl.run(runner="sequential")``: the baseline, Prefect's
+    ``ThreadPoolTaskRunner(max_workers=1)``.
+``distetl``
+    ``distetl.run(runner="local", workers=2)``: a LocalCluster of 2 worker processes × 1
+    thread, started and closed by the run.
+``raw_dask``
+    ``Client.map`` of the per-chunk function (one task per chunk) on a LocalCluster of
+    the same shape: the orchestration ceiling.
+``naive_prefect``
+    One ``DaskTaskRunner`` task each for extract, transform and load per chunk, the
+    DataFrames passed between tasks as futures; a LocalCluster of the same shape.
+``dask_dataframe``
+    ``dd.from_map(extract) → map_partitions(transform) → to_parquet`` on a LocalCluster of
+    the same shape.
+
+Timing rule: ``wall_s`` is the whole call as its user makes it, including starting and
+closing its own LocalCluster (the same ``LocalCluster`` arguments for every Dask
+variant). ``cluster_s`` is the part of it spent inside ``LocalCluster(...)`` and its
+``close()``, measured the same way for every variant by wrapping those two methods
+(:class:`ClusterTimer`); 0 for variants without a cluster. ``phase_s = wall_s −
+cluster_s`` is the same phase for every variant: planning, orchestration, compute and
+commit, with the cluster already up. The ratio checks compare ``phase_s``; the table
+shows both.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import psutil
+import pyarrow.parquet as pq
+
+import distetl
+from distetl.chunks import Chunk
+from distetl.execute import FAILED, WRITTEN, BatchJob, ChunkContext, ChunkResult, run_batch
+from distetl.pipeline import Pipeline, arity
+from distetl.schema import to_table
+from distetl.storage import Storage
+
+__all__ = [
+    "CLUSTER_KWARGS", "Measurement", "PeakRSS", "WORKERS", "Workload", "discard", "emit", "measure",
+    "run_dask_dataframe", "run_distetl", "run_loop", "run_naive_prefect", "run_raw_dask",
+    "run_sequential", "run_variant",
+]
+
+#: Worker processes of every Dask variant: one per core of the 2-core benchmark machine.
+WORKERS = 2
+
+#: The LocalCluster every Dask variant starts (distetl's local runner uses the same).
+CLUSTER_KWARGS: dict[str, Any] = {
+    "n_workers": WORKERS, "threads_per_worker": 1, "processes": True,
+    "host": "127.0.0.1", "dashboard_address": ":0",
+}
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def _hwm_kb(pid: int | str) -> Optional[int]:
+    """Peak resident set size (VmHWM) of a process in KiB, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores, from /proc/stat)."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    busy = sum(values) - values[3] - values[4]  # minus idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process, its reaped children and its live children."""
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class PeakRSS:
+    """Peak RSS of the driver and of every Dask worker process during a block, and the
+    CPU the rest of the machine used meanwhile.
+
+    The driver's high-water mark is reset on entry (``/proc/self/clear_refs``) and read
+    on exit. Worker processes (children of the driver started by multiprocessing's
+    spawn, as LocalCluster's nannies do) are polled for their own high-water mark every
+    ``interval`` seconds while the block runs; processes in ``exclude`` (the Prefect
+    server) are ignored.
+
+    Attributes:
+        driver_mb: Peak RSS of this process during the block, MB.
+        workers_mb: Peak RSS of each worker process seen, MB, largest first.
+        other_cores: Average cores busy outside this process tree during the block
+            (other programs, and the Prefect API server recording this run): a
+            benchmark on 2 cores is only as clean as this is low.
+    """
+
+    def __init__(self, exclude: Sequence[int] = (), interval: float = 0.05):
+        self.exclude = set(exclude)
+        self.interval = interval
+        self.driver_mb = 0.0
+        self.workers_mb: list[float] = []
+        self.other_cores = 0.0
+        self._peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _workers(self) -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process().children(recursive=True):
+            if child.pid in self.exclude:
+                continue
+            try:
+                if child.ppid() in self.exclude:
+                    continue
+                cmd = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if "spawn_main" in cmd and "resource_tracker" not in cmd:
+                found.append(child)
+        return found
+
+    def _poll(self) -> None:
+        while True:
+            for proc in self._workers():
+                peak = _hwm_kb(proc.pid)
+                if peak is not None:
+                    self._peaks[proc.pid] = max(peak, self._peaks.get(proc.pid, 0))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "PeakRSS":
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass
+        self._thread = threading.Thread(target=self._poll, name="peak-rss", daemon=True)
+        self._cpu0, self._busy0, self._t0 = _own_cpu_seconds(), _busy_seconds(), time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        elapsed = time.perf_counter() - self._t0
+        other = (_busy_seconds() - self._busy0) - (_own_cpu_seconds() - self._cpu0)
+        self.other_cores = max(0.0, other / elapsed) if elapsed > 0 else 0.0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.driver_mb = (_hwm_kb("self") or 0) / 1024
+        self.workers_mb = sorted((kb / 1024 for kb in self._peaks.values()), reverse=True)
+
+    def worker_count(self) -> int:
+        """Worker processes seen during the block."""
+        return len(self._peaks)
+
+
+@dataclass
+class Measurement:
+    """One variant's run of one workload."""
+
+    workload: str
+    variant: str
+    chunks: int
+    wall_s: float
+    rows: int = 0
+    bytes: int = 0
+    written: int = 0
+    failed: int = 0
+    driver_peak_mb: float = 0.0
+    worker_peak_mb: list[float] = field(default_factory=list)
+    cluster_s: float = 0.0
+    sample_of: Optional[int] = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def phase_s(self) -> float:
+        """Wall time without LocalCluster start and close."""
+        return self.wall_s - (self.cluster_s or 0.0)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.phase_s if self.phase_s else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.phase_s if self.phase_s else 0.0
+
+    @property
+    def s_per_chunk(self) -> float:
+        return self.phase_s / self.chunks if self.chunks else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(phase_s=round(self.phase_s, 4), rows_per_s=round(self.rows_per_s, 1),
+                    mb_per_s=round(self.mb_per_s, 3), ms_per_chunk=round(self.s_per_chunk * 1000, 3))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Measurement":
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Workload:
+    """A pipeline and the chunks every variant runs.
+
+    Attributes:
+        name: Workload name in the report.
+        pipeline: The pipeline (importable on workers: flows/ and benchmarks/ are on
+            ``sys.path`` of the driver, which spawned workers inherit).
+        root: Folder under which each variant gets its own fresh output root.
+        params: Plan parameter overrides.
+        storage_options: fsspec options for ``output`` URLs (S3).
+        output_url: Base URL for outputs when not local (e.g. ``s3://bucket/bench``).
+    """
+
+    name: str
+    pipeline: Pipeline
+    root: Path
+    params: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    output_url: Optional[str] = None
+    last_output: Optional[str] = None
+
+    def output(self, variant: str) -> str:
+        """A fresh output root for a variant (remembered as ``last_output``)."""
+        tag = f"{variant}-{uuid.uuid4().hex[:6]}"
+        if self.output_url:
+            self.last_output = f"{self.output_url.rstrip('/')}/{self.name}/{tag}"
+            return self.last_output
+        path = self.root / self.name / tag
+        if path.exists():
+            shutil.rmtree(path)
+        self.last_output = str(path)
+        return self.last_output
+
+    def todo(self, output: str, limit: Optional[int] = None) -> list[tuple[Chunk, str]]:
+        """Every chunk with its target under ``output`` (the first ``limit`` ones)."""
+        planned = distetl.plan(self.pipeline, output, self.params, self.storage_options)
+        items = planned.todo
+        return items[:limit] if limit else items
+
+    @property
+    def total(self) -> int:
+        return len(self.pipeline.plan.with_params(**dict(self.params)).chunks(self.storage_options))
+
+
+def _from_results(m: Measurement, results: Sequence[ChunkResult]) -> Measurement:
+    m.rows = sum(r.rows for r in results)
+    m.bytes = sum(r.bytes for r in results)
+    m.written = sum(1 for r in results if r.status == WRITTEN)
+    m.failed = sum(1 for r in results if r.status == FAILED)
+    if m.failed:
+        first = next(r for r in results if r.status == FAILED)
+        m.notes["first_error"] = f"{first.key}: {first.error}"
+    return m
+
+
+class ClusterTimer:
+    """Seconds spent inside ``LocalCluster.__init__`` (start) and the first
+    ``close()`` of each cluster, in this process, while the block runs."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.clusters = 0
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> "ClusterTimer":
+        from distributed import LocalCluster
+        from distributed.deploy.spec import SpecCluster
+
+        timer = self
+        closed: set[int] = set()
+        init, close = LocalCluster.__init__, SpecCluster.close
+
+        @functools.wraps(init)
+        def timed_init(cluster: Any, *args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            try:
+                init(cluster, *args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - start
+                timer.clusters += 1
+
+        @functools.wraps(close)
+        def timed_close(cluster: Any, *args: Any, **kwargs: Any) -> Any:
+            if id(cluster) in closed or not isinstance(cluster, LocalCluster):
+                return close(cluster, *args, **kwargs)
+            closed.add(id(cluster))
+            start = time.perf_counter()
+            try:
+                return close(cluster, *args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - start
+
+        LocalCluster.__init__ = timed_init
+        SpecCluster.close = timed_close
+        self._undo = [lambda: setattr(LocalCluster, "__init__", init), lambda: setattr(SpecCluster, "close", close)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for undo in self._undo:
+            undo()
+
+
+def _measure(exclude: Sequence[int], body: Callable[[], Measurement]) -> Measurement:
+    with PeakRSS(exclude) as rss, ClusterTimer() as clusters:
+        m = body()
+    m.driver_peak_mb = round(rss.driver_mb, 1)
+    m.worker_peak_mb = [round(x, 1) for x in rss.workers_mb]
+    m.cluster_s = round(clusters.seconds, 4)
+    m.notes["clusters_started"] = clusters.clusters
+    m.notes["other_cores"] = round(rss.other_cores, 2)
+    return m
+
+
+# -- the per-chunk function (shared by the loop and raw Dask) --------------------------
+
+
+def run_one(pipeline: Pipeline, output: str, storage_options: Mapping[str, Any],
+            item: tuple[Chunk, str]) -> ChunkResult:
+    """One chunk through distetl's own chunk code (the code distetl's workers run)."""
+    job = BatchJob(pipeline, [item], output, dict(storage_options))
+    return run_batch(job, report=lambda result: None)[0]
+
+
+# -- variants ----------------------------------------------------------------------------
+
+
+def run_loop(w: Workload, exclude: Sequence[int] = (), limit: Optional[int] = None) -> Measurement:
+    """A plain Python loop over the chunks in this process."""
+    output = w.output("loop")
+    items = w.todo(output, limit)
+
+    def body() -> Measurement:
+        start = time.perf_counter()
+        results = [run_one(w.pipeline, output, w.storage_options, item) for item in items]
+        return _from_results(Measurement(w.name, "loop", len(items), time.perf_counter() - start), results)
+
+    return _measure(exclude, body)
+
+
+def _distetl(w: Workload, variant: str, runner: str, exclude: Sequence[int],
+             output: Optional[str] = None, **kwargs: Any) -> tuple[Measurement, Any]:
+    output = output or w.output(variant)
+    holder: dict[str, Any] = {}
+
+    def body() -> Measurement:
+        start = time.perf_counter()
+        report = distetl.run(w.pipeline, output, runner=runner, params=w.params,
+                             storage_options=dict(w.storage_options), **kwargs)
+        m = Measurement(w.name, variant, report.total, time.perf_counter() - start)
+        holder["report"] = report
+        m.notes.update(task_runs=report.task_runs, task_runs_recorded=report.task_runs_recorded,
+                       skipped=report.skipped, output=output)
+        return _from_results(m, report.results)
+
+    m = _measure(exclude, body)
+    return m, holder["report"]
+
+
+def run_sequential(w: Workload, exclude: Sequence[int] = ()) -> Measurement:
+    """distetl's sequential runner: the baseline."""
+    return _distetl(w, "sequential", "sequential", exclude)[0]
+
+
+def run_distetl(w: Workload, exclude: Sequence[int] = (), output: Optional[str] = None,
+                variant: str = "distetl", **kwargs: Any) -> tuple[Measurement, Any]:
+    """distetl on its local runner, one worker process per core; returns the report too."""
+    return _distetl(w, variant, "local", exclude, output=output, workers=WORKERS, **kwargs)
+
+
+def run_raw_dask(w: Workload, exclude: Sequence[int] = ()) -> Measurement:
+    """``Client.map`` of the per-chunk function, one task per chunk."""
+    from distributed import Client, LocalCluster
+
+    output = w.output("raw_dask")
+    items = w.todo(output)
+
+    def body() -> Measurement:
+        start = time.perf_counter()
+        with LocalCluster(**CLUSTER_KWARGS) as cluster, Client(cluster) as client:
+            func = functools.partial(run_one, w.pipeline, output, dict(w.storage_options))
+            futures = client.map(func, items, pure=False)
+            results = client.gather(futures)
+            del futures
+        m = Measurement(w.name, "raw_dask", len(items), time.perf_counter() - start)
+        return _from_results(m, results)
+
+    return _measure(exclude, body)
+
+
+# -- the naive Prefect way ---------------------------------------------------------------
+
+from prefect import Flow, task  # noqa: E402  (after the plain-Python variants on purpose)
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def naive_extract(pipeline: Pipeline, chunk: Chunk, output: str, storage_options: dict) -> Any:
+    """Extract one chunk (a Prefect task on a Dask worker)."""
+    if arity(pipeline.extract) >= 2:
+        return pipeline.extract(chunk, ChunkContext(chunk, output, storage_options))
+    return pipeline.extract(chunk)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def naive_transform(pipeline: Pipeline, frame: Any, chunk: Chunk) -> Any:
+    """Transform one chunk's DataFrame (passed in as a future)."""
+    if pipeline.transform is None:
+        return frame
+    if arity(pipeline.transform) >= 2:
+        return pipeline.transform(frame, chunk)
+    return pipeline.transform(frame)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def naive_load(pipeline: Pipeline, frame: Any, chunk: Chunk, path: str, output: str,
+               storage_options: dict) -> ChunkResult:
+    """Cast, serialise and commit one chunk, as distetl's chunk code does."""
+    start = time.perf_counter()
+    table = to_table(frame, pipeline.schema, chunk.key)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=pipeline.compression)
+    data = buffer.getvalue()
+    Storage.for_url(output, storage_options).write_atomic(path, data)
+    return ChunkResult(key=chunk.key, path=path, status=WRITTEN, rows=table.num_rows, bytes=len(data),
+                       seconds=time.perf_counter() - start)
+
+
+_NAIVE: dict[str, Any] = {}
+
+
+def _naive_body(run_key: str) -> list[ChunkResult]:
+    pipeline, items, output, options = _NAIVE[run_key]
+    loads = []
+    for chunk, path in items:
+        frame = naive_extract.submit(pipeline, chunk, output, options)
+        frame = naive_transform.submit(pipeline, frame, chunk)
+        loads.append(naive_load.submit(pipeline, frame, chunk, path, output, options))
+    results = []
+    for future in loads:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - count it as a failed chunk
+            results.append(ChunkResult(key="?", path="", status=FAILED, error=repr(exc)))
+    return results
+
+
+def run_naive_prefect(w: Workload, exclude: Sequence[int] = (), limit: Optional[int] = None) -> Measurement:
+    """Three DaskTaskRunner tasks per chunk on a LocalCluster of the same shape (started
+    here and handed to the task runner by address). Runs the first ``limit`` chunks
+    (``sample_of`` says of how many) where all would take too long.
+    """
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    output = w.output("naive_prefect")
+    items = w.todo(output)
+    total = len(items)
+    items = items[:limit] if limit else items
+    key = uuid.uuid4().hex
+    _NAIVE[key] = (w.pipeline, items, output, dict(w.storage_options))
+
+    def body() -> Measurement:
+        start = time.perf_counter()
+        with LocalCluster(**CLUSTER_KWARGS) as cluster:
+            flow = Flow(fn=_naive_body, name=f"naive-{w.name}", validate_parameters=False,
+                        task_runner=DaskTaskRunner(address=cluster.scheduler_address),
+                        persist_result=False, log_prints=False)
+            results = flow(run_key=key)
+        m = Measurement(w.name, "naive_prefect", len(items), time.perf_counter() - start,
+                        sample_of=total if len(items) < total else None)
+        return _from_results(m, results)
+
+    try:
+        return _measure(exclude, body)
+    finally:
+        _NAIVE.pop(key, None)
+
+
+# -- dask.dataframe ------------------------------------------------------------------------
+
+
+def _dd_extract(pipeline: Pipeline, output: str, storage_options: dict, chunk: Chunk) -> Any:
+    if arity(pipeline.extract) >= 2:
+        return pipeline.extract(chunk, ChunkContext(chunk, output, storage_options))
+    return pipeline.extract(chunk)
+
+
+def _dd_transform(frame: Any, pipeline: Pipeline, chunks: list[Chunk], partition_info: Any = None) -> Any:
+    if pipeline.transform is None:
+        return frame
+    chunk = chunks[partition_info["number"]] if partition_info else chunks[0]
+    if arity(pipeline.transform) >= 2:
+        return pipeline.transform(frame, chunk)
+    return pipeline.transform(frame)
+
+
+def run_dask_dataframe(w: Workload, exclude: Sequence[int] = (), limit: Optional[int] = None) -> Measurement:
+    """``dd.from_map(extract)`` → ``map_partitions(transform)`` → ``to_parquet`` (one
+    ``part.N.parquet`` per chunk in one folder, cast to the pipeline's schema).
+
+    Like a user who knows their data, it gives dask the metadata: the first chunk is
+    extracted on the driver and its first rows transformed there (part of the wall
+    time), so dask infers nothing from fake data. Runs the first ``limit`` chunks where
+    all would take too long.
+    """
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    output = w.output("dask_dataframe")
+    items = w.todo(output)
+    total = len(items)
+    items = items[:limit] if limit else items
+    chunks = [chunk for chunk, _ in items]
+    target = f"{output}/data"
+    options = dict(w.storage_options)
+
+    def body() -> Measurement:
+        start = time.perf_counter()
+        with LocalCluster(**CLUSTER_KWARGS) as cluster, Client(cluster):
+            sample = _dd_extract(w.pipeline, output, options, chunks[0])
+            out_meta = _dd_transform(sample.head(50), w.pipeline, chunks).iloc[:0]
+            frame = dd.from_map(functools.partial(_dd_extract, w.pipeline, output, options), chunks,
+                                meta=sample.iloc[:0], enforce_metadata=False)
+            frame = frame.map_partitions(_dd_transform, w.pipeline, chunks, meta=out_meta,
+                                         enforce_metadata=False, align_dataframes=False)
+            frame.to_parquet(target, write_index=False, compression=w.pipeline.compression,
+                             schema=w.pipeline.schema or "infer", storage_options=options or None)
+        m = Measurement(w.name, "dask_dataframe", len(items), time.perf_counter() - start,
+                        sample_of=total if len(items) < total else None)
+        storage = Storage.for_url(target, options)
+        files = [f for f in storage.list_files(target) if f.endswith(".parquet")]
+        m.written = len(files)
+        for f in files:
+            with storage.open(f) as handle:
+                m.rows += pq.ParquetFile(handle).metadata.num_rows
+            m.bytes += storage.fs.size(storage.strip(f))
+        return m
+
+    return _measure(exclude, body)
+
+
+# -- one variant per process -----------------------------------------------------------
+
+RUNNER = Path(__file__).resolve().parent / "runvariant.py"
+_RESULT = "BENCH-RESULT "
+
+
+def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
+    """Run the variant ``spec["variant"]`` of a workload in this process.
+
+    Spec keys besides ``variant``: ``limit`` (first chunks only), ``output`` (an existing
+    output root, for reruns), ``label`` (the variant's name in the report),
+    ``chunks_per_task``.
+    """
+    variant = spec["variant"]
+    if variant == "loop":
+        m = run_loop(w, limit=spec.get("limit"))
+    elif variant == "sequential":
+        m = run_sequential(w)
+    elif variant == "distetl":
+        extra = {"chunks_per_task": spec["chunks_per_task"]} if spec.get("chunks_per_task") else {}
+        m, _ = run_distetl(w, output=spec.get("output"), **extra)
+    elif variant == "raw_dask":
+        m = run_raw_dask(w)
+    elif variant == "naive_prefect":
+        m = run_naive_prefect(w, limit=spec.get("limit"))
+    elif variant == "dask_dataframe":
+        m = run_dask_dataframe(w, limit=spec.get("limit"))
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    if spec.get("label"):
+        m.variant = spec["label"]
+    m.notes["output"] = spec.get("output") or w.last_output
+    return m
+
+
+def measure(workload: Mapping[str, Any], variant: str, timeout: float = 3600, **options: Any) -> Measurement:
+    """Run one variant in a fresh Python process and return its measurement.
+
+    A fresh process per variant gives every variant the same start: a driver with
+    nothing cached (flows cache their source data per process) and a clean peak RSS.
+    Process start and imports are not timed; everything the variant does is.
+
+    Raises:
+        RuntimeError: If the process printed no result (its output tail is included).
+    """
+    spec = {"workload": dict(workload), "variant": variant, **options}
+    proc = subprocess.run([sys.executable, str(RUNNER), json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ))
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT):
+            return Measurement.from_dict(json.loads(line[len(_RESULT):]))
+    tail = (proc.stdout[-2000:] + "\n" + proc.stderr[-4000:]).strip()
+    raise RuntimeError(f"{variant} of {workload.get('name')} printed no result (exit {proc.returncode}):\n{tail}")
+
+
+def discard(m: Measurement) -> None:
+    """Delete a local variant's output (S3 outputs go with the server)."""
+    output = m.notes.get("output")
+    if output and "://" not in output and os.path.isdir(output):
+        shutil.rmtree(output, ignore_errors=True)
+
+
+def emit(m: Measurement) -> None:
+    """Print a measurement for :func:`measure` to read."""
+    print(_RESULT + json.dumps(m.to_dict(), default=str), flush=True)

@@ -1,0 +1,115 @@
+"""Benchmark session: one Prefect API server, the mode's sizes, and the final report.
+
+``pytest benchmarks/`` runs the quick mode (a few minutes on 2 cores);
+``pytest benchmarks/ --bench-full`` (or ``DISTETL_BENCH=full``) the full sizes. At the
+end of the session the results are printed as a table and saved under
+``benchmarks/results/`` (``latest.json``, ``latest.png``, a time-stamped JSON).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect: a private home, no telemetry, quiet logs.
+_HOME = Path(tempfile.mkdtemp(prefix="distetl-bench-"))
+REPO = Path(__file__).resolve().parents[1]
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect-client")
+os.environ["DISTETL_HOME"] = str(_HOME / "distetl")
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ.setdefault("DISTETL_TPCH_CACHE", str(REPO / ".distetl" / "tpch"))
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("DISTETL_SCHEDULER", None)
+# The flows are imported as plain modules, so Dask workers (which inherit sys.path)
+# import them by reference in every variant.
+for _path in (str(REPO / "flows"), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import pytest  # noqa: E402
+
+from distetl.prefect_api import EmbeddedServer  # noqa: E402
+from report import Bench  # noqa: E402
+from workloads import FULL, QUICK, Sizes  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_BENCH: list[Bench] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench-full", action="store_true", default=False,
+                     help="distetl benchmarks: full sizes (SF 10, tens of thousands of chunks)")
+
+
+def _full(config: pytest.Config) -> bool:
+    return bool(config.getoption("--bench-full")) or os.environ.get("DISTETL_BENCH", "").lower() == "full"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Full sizes run far past the default per-test timeout.
+    limit = 0 if _full(config) else 900
+    for item in items:
+        if "benchmarks" in str(item.fspath):
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+@pytest.fixture(scope="session")
+def sizes(pytestconfig: pytest.Config) -> Sizes:
+    """The workload sizes of this session's mode."""
+    return FULL if _full(pytestconfig) else QUICK
+
+
+@pytest.fixture(scope="session")
+def bench(sizes: Sizes) -> Bench:
+    """The session's collector of measurements, figures and checks."""
+    collector = Bench(mode=sizes.mode)
+    _BENCH.append(collector)
+    return collector
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> EmbeddedServer:
+    """One real Prefect API server (subprocess on 127.0.0.1) for the session."""
+    server = EmbeddedServer(_HOME / "server")
+    url = server.start()
+    os.environ["PREFECT_API_URL"] = url
+    yield server
+    os.environ.pop("PREFECT_API_URL", None)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def exclude(prefect_server: EmbeddedServer) -> list[int]:
+    """Processes that are not Dask workers (the Prefect server), for peak-RSS sampling."""
+    return [prefect_server.process.pid] if prefect_server.process else []
+
+
+@pytest.fixture(scope="session")
+def bench_root() -> Path:
+    """Where the variants write their outputs (removed at the end)."""
+    root = _HOME / "out"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _BENCH or not _BENCH[0].measurements:
+        return
+    bench = _BENCH[0]
+    paths = bench.save(RESULTS)
+    terminalreporter.section(f"distetl benchmarks ({bench.mode})")
+    terminalreporter.write_line(bench.table())
+    terminalreporter.write_line("")
+    for path in paths:
+        terminalreporter.write_line(f"saved {path}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    shutil.rmtree(_HOME / "out", ignore_errors=True)
