@@ -199,4 +199,8 @@ def _execute(
                 error=None if event else "no result came back (worker or task lost); rerun to redo it",
                 task_run_id=result.task_run_id if result is not None else None,
             )
+        if result.status == FAILED and not result.worker and planned.targets.storage.exists(path):
+            # Lost with its batch (no worker reported it), yet committed: its progress
+            # event died with the worker. Done, so not failed; not known to be ours.
+            result = replace(result, status=SKIPPED, error=None)
         report.results.append(result)

@@ -28,7 +28,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from distetl.execute import FAILED, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
-from distetl.loader import loaded_sources
+from distetl.loader import sources_for
 from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
 from distetl.prefect_api import publish_chunk_table
@@ -149,7 +149,7 @@ def run_flow(
         flow_run_name: Name of the flow run in Prefect.
     """
     blob = cloudpickle.dumps(pipeline)
-    sources = loaded_sources()
+    sources = sources_for(blob)
     # The pipeline pickles flow-file functions by reference: the digest (the workers'
     # cache key) covers the shipped source too, so an edited flow file is not stale.
     digest = hashlib.sha256(blob + "".join(s.source for s in sources).encode()).hexdigest()

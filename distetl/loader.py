@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from distetl.errors import ConfigError
 from distetl.pipeline import Pipeline
 
-__all__ = ["FlowSource", "load_pipeline", "loaded_sources", "ensure_modules"]
+__all__ = ["FlowSource", "load_pipeline", "loaded_sources", "sources_for", "ensure_modules"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,24 @@ _SOURCES: dict[str, FlowSource] = {}
 def loaded_sources() -> list[FlowSource]:
     """Flow files loaded by path in this process."""
     return list(_SOURCES.values())
+
+
+def sources_for(blob: bytes) -> list[FlowSource]:
+    """The flow files a pickled pipeline refers to (by module name), among those loaded.
+
+    Only these travel with its batches: another flow file loaded in the same process
+    (a notebook, a test session) is not shipped, so a broken one cannot fail this run.
+    """
+    import pickletools
+
+    names: set[str] = set()
+    try:
+        for _, arg, _ in pickletools.genops(blob):
+            if isinstance(arg, str) and arg in _SOURCES:
+                names.add(arg)
+    except Exception:  # noqa: BLE001 - unreadable pickle: ship every loaded flow file
+        return loaded_sources()
+    return [src for name, src in _SOURCES.items() if name in names]
 
 
 def ensure_modules(sources: list[FlowSource]) -> None:

@@ -296,7 +296,7 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> Cluster
     from distributed import Client
 
     import distetl
-    from distetl.loader import loaded_sources
+    from distetl.loader import sources_for
 
     try:
         identity = _identity(address, timeout)
@@ -370,8 +370,8 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> Cluster
                 )
             f["nthreads"] = nthreads.get(worker, 1)
         if pipeline is not None:
-            sources = loaded_sources()
             blob = cloudpickle.dumps(pipeline)
+            sources = sources_for(blob)
             errors = client.run(load_flow_on_worker, sources, blob)
             for worker, error in sorted(errors.items()):
                 if error:
