@@ -12,11 +12,18 @@ Workers therefore never import Prefect, rebuild its settings or open an API clie
 task; the Prefect overhead of a batch is a few milliseconds in a driver thread instead
 of ~100 ms on a worker (see ``benchmarks/``). At most two batches per worker thread are
 in flight, so every worker always has its next batch queued.
+
+Flow-run heartbeats are off unless ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is set: Prefect
+joins its heartbeat thread at the end of every flow run, which sleeps in one-second
+steps, so each run would wait up to a second (half a second on average) after its last
+chunk. Heartbeats only serve zombie-run automations; set the variable to keep them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
@@ -162,12 +169,25 @@ def run_flow(
             fn=_backfill, name=pipeline.name, task_runner=task_runner, flow_run_name=flow_run_name,
             validate_parameters=False, persist_result=False, log_prints=False,
         )
-        state = flow(run_key=topic, return_state=True)
+        with _no_heartbeat_unless_asked():
+            state = flow(run_key=topic, return_state=True)
     finally:
         _ACTIVE.pop(topic, None)
     run.outcome.state = state.type.value if state else ""
     _drain_prefect_workers()
     return run.outcome
+
+
+_HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+def _no_heartbeat_unless_asked() -> contextlib.AbstractContextManager[Any]:
+    """Settings for the flow run: no heartbeat thread, unless the user configured one."""
+    if any(os.environ.get(name) for name in _HEARTBEAT_ENV):
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 @dataclass
