@@ -38,7 +38,6 @@ shows both.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import shutil
@@ -58,7 +57,6 @@ import distetl
 from distetl.chunks import Chunk
 from distetl.execute import FAILED, WRITTEN, BatchJob, ChunkContext, ChunkResult, run_batch
 from distetl.pipeline import Pipeline, arity
-from distetl.schema import to_table
 from distetl.storage import Storage
 
 __all__ = [
@@ -133,6 +131,8 @@ class PeakRSS:
         other_cores: Average cores busy outside this process tree during the block
             (other programs, and the Prefect API server recording this run): a
             benchmark on 2 cores is only as clean as this is low.
+        driver_cpu_s: CPU seconds this process (the driver: orchestration, and for
+            LocalCluster its scheduler and nannies) used during the block.
     """
 
     def __init__(self, exclude: Sequence[int] = (), interval: float = 0.05):
@@ -141,6 +141,7 @@ class PeakRSS:
         self.driver_mb = 0.0
         self.workers_mb: list[float] = []
         self.other_cores = 0.0
+        self.driver_cpu_s = 0.0
         self._peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -177,6 +178,7 @@ class PeakRSS:
             pass
         self._thread = threading.Thread(target=self._poll, name="peak-rss", daemon=True)
         self._cpu0, self._busy0, self._t0 = _own_cpu_seconds(), _busy_seconds(), time.perf_counter()
+        self._driver0 = sum(psutil.Process().cpu_times()[:2])
         self._thread.start()
         return self
 
@@ -184,6 +186,7 @@ class PeakRSS:
         elapsed = time.perf_counter() - self._t0
         other = (_busy_seconds() - self._busy0) - (_own_cpu_seconds() - self._cpu0)
         self.other_cores = max(0.0, other / elapsed) if elapsed > 0 else 0.0
+        self.driver_cpu_s = sum(psutil.Process().cpu_times()[:2]) - self._driver0
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -292,6 +295,7 @@ def _from_results(m: Measurement, results: Sequence[ChunkResult]) -> Measurement
     m.bytes = sum(r.bytes for r in results)
     m.written = sum(1 for r in results if r.status == WRITTEN)
     m.failed = sum(1 for r in results if r.status == FAILED)
+    m.notes["chunk_seconds"] = round(sum(r.seconds for r in results), 3)
     if m.failed:
         first = next(r for r in results if r.status == FAILED)
         m.notes["first_error"] = f"{first.key}: {first.error}"
@@ -353,6 +357,7 @@ def _measure(exclude: Sequence[int], body: Callable[[], Measurement]) -> Measure
     m.cluster_s = round(clusters.seconds, 4)
     m.notes["clusters_started"] = clusters.clusters
     m.notes["other_cores"] = round(rss.other_cores, 2)
+    m.notes["driver_cpu_s"] = round(rss.driver_cpu_s, 2)
     return m
 
 
@@ -432,82 +437,28 @@ def run_raw_dask(w: Workload, exclude: Sequence[int] = ()) -> Measurement:
     return _measure(exclude, body)
 
 
-# -- the naive Prefect way ---------------------------------------------------------------
-
-from prefect import Flow, task  # noqa: E402  (after the plain-Python variants on purpose)
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-
-@task(cache_policy=NO_CACHE, persist_result=False)
-def naive_extract(pipeline: Pipeline, chunk: Chunk, output: str, storage_options: dict) -> Any:
-    """Extract one chunk (a Prefect task on a Dask worker)."""
-    if arity(pipeline.extract) >= 2:
-        return pipeline.extract(chunk, ChunkContext(chunk, output, storage_options))
-    return pipeline.extract(chunk)
-
-
-@task(cache_policy=NO_CACHE, persist_result=False)
-def naive_transform(pipeline: Pipeline, frame: Any, chunk: Chunk) -> Any:
-    """Transform one chunk's DataFrame (passed in as a future)."""
-    if pipeline.transform is None:
-        return frame
-    if arity(pipeline.transform) >= 2:
-        return pipeline.transform(frame, chunk)
-    return pipeline.transform(frame)
-
-
-@task(cache_policy=NO_CACHE, persist_result=False)
-def naive_load(pipeline: Pipeline, frame: Any, chunk: Chunk, path: str, output: str,
-               storage_options: dict) -> ChunkResult:
-    """Cast, serialise and commit one chunk, as distetl's chunk code does."""
-    start = time.perf_counter()
-    table = to_table(frame, pipeline.schema, chunk.key)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression=pipeline.compression)
-    data = buffer.getvalue()
-    Storage.for_url(output, storage_options).write_atomic(path, data)
-    return ChunkResult(key=chunk.key, path=path, status=WRITTEN, rows=table.num_rows, bytes=len(data),
-                       seconds=time.perf_counter() - start)
-
-
-_NAIVE: dict[str, Any] = {}
-
-
-def _naive_body(run_key: str) -> list[ChunkResult]:
-    pipeline, items, output, options = _NAIVE[run_key]
-    loads = []
-    for chunk, path in items:
-        frame = naive_extract.submit(pipeline, chunk, output, options)
-        frame = naive_transform.submit(pipeline, frame, chunk)
-        loads.append(naive_load.submit(pipeline, frame, chunk, path, output, options))
-    results = []
-    for future in loads:
-        try:
-            results.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - count it as a failed chunk
-            results.append(ChunkResult(key="?", path="", status=FAILED, error=repr(exc)))
-    return results
-
-
 def run_naive_prefect(w: Workload, exclude: Sequence[int] = (), limit: Optional[int] = None) -> Measurement:
     """Three DaskTaskRunner tasks per chunk on a LocalCluster of the same shape (started
     here and handed to the task runner by address). Runs the first ``limit`` chunks
     (``sample_of`` says of how many) where all would take too long.
     """
     from distributed import LocalCluster
+    from prefect import Flow
     from prefect_dask import DaskTaskRunner
+
+    import naive
 
     output = w.output("naive_prefect")
     items = w.todo(output)
     total = len(items)
     items = items[:limit] if limit else items
     key = uuid.uuid4().hex
-    _NAIVE[key] = (w.pipeline, items, output, dict(w.storage_options))
+    naive.REGISTRY[key] = (w.pipeline, items, output, dict(w.storage_options))
 
     def body() -> Measurement:
         start = time.perf_counter()
         with LocalCluster(**CLUSTER_KWARGS) as cluster:
-            flow = Flow(fn=_naive_body, name=f"naive-{w.name}", validate_parameters=False,
+            flow = Flow(fn=naive.naive_body, name=f"naive-{w.name}", validate_parameters=False,
                         task_runner=DaskTaskRunner(address=cluster.scheduler_address),
                         persist_result=False, log_prints=False)
             results = flow(run_key=key)
@@ -518,7 +469,7 @@ def run_naive_prefect(w: Workload, exclude: Sequence[int] = (), limit: Optional[
     try:
         return _measure(exclude, body)
     finally:
-        _NAIVE.pop(key, None)
+        naive.REGISTRY.pop(key, None)
 
 
 # -- dask.dataframe ------------------------------------------------------------------------
@@ -624,7 +575,8 @@ def measure(workload: Mapping[str, Any], variant: str, timeout: float = 3600, **
 
     A fresh process per variant gives every variant the same start: a driver with
     nothing cached (flows cache their source data per process) and a clean peak RSS.
-    Process start and imports are not timed; everything the variant does is.
+    Process start and the imports of the variant's libraries (``runvariant.PRELOAD``)
+    are not timed; everything the variant does is.
 
     Raises:
         RuntimeError: If the process printed no result (its output tail is included).

@@ -4,6 +4,12 @@
 ``pytest benchmarks/ --bench-full`` (or ``DISTETL_BENCH=full``) the full sizes. At the
 end of the session the results are printed as a table and saved under
 ``benchmarks/results/`` (``latest.json``, ``latest.png``, a time-stamped JSON).
+
+On a machine shared with other work, the session raises its own CPU priority
+(``DISTETL_BENCH_NICE``, default -10; 0 leaves it alone) where it is allowed to (root
+or CAP_SYS_NICE), so other programs take fewer of the cores the parallel variants
+need. Every process of the session inherits it: the variants, their Dask workers and
+the Prefect server alike. The report states the niceness it ran at.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("DISTETL_TPCH_CACHE", str(REPO / ".distetl" / "tpch"))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("DISTETL_SCHEDULER", None)
+try:
+    os.nice(int(os.environ.get("DISTETL_BENCH_NICE", "-10")) - os.nice(0))
+except (PermissionError, ValueError):
+    pass
 # The flows are imported as plain modules, so Dask workers (which inherit sys.path)
 # import them by reference in every variant.
 for _path in (str(REPO / "flows"), str(Path(__file__).resolve().parent)):
@@ -72,12 +82,31 @@ def bench(sizes: Sizes) -> Bench:
     return collector
 
 
+def _warm_up(url: str) -> None:
+    """Make the server's one-time work happen before any variant is timed: its first
+    ``/admin/version`` (which every new Prefect client asks) takes ~0.5 s, and the
+    first flow run creates the database rows every later run reuses."""
+    import urllib.request
+
+    from prefect import flow
+
+    with urllib.request.urlopen(f"{url}/admin/version", timeout=60) as resp:
+        resp.read()
+
+    @flow(name="distetl-bench-warm-up", persist_result=False)
+    def warm_up() -> int:
+        return 1
+
+    warm_up()
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> EmbeddedServer:
-    """One real Prefect API server (subprocess on 127.0.0.1) for the session."""
+    """One real Prefect API server (subprocess on 127.0.0.1) for the session, warmed up."""
     server = EmbeddedServer(_HOME / "server")
     url = server.start()
     os.environ["PREFECT_API_URL"] = url
+    _warm_up(url)
     yield server
     os.environ.pop("PREFECT_API_URL", None)
     server.stop()

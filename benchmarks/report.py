@@ -78,7 +78,7 @@ def machine() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": memory,
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": memory, "niceness": os.nice(0),
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
 
 
@@ -146,14 +146,15 @@ class Bench:
             ms.sort(key=lambda m: VARIANT_ORDER.index(m.variant) if m.variant in VARIANT_ORDER else 99)
             for m in ms:
                 phase = self.est_phase(m)
-                over = self.overhead_ms(m)
+                rerun = m.written == 0 and bool(m.notes.get("skipped"))
+                over = None if rerun else self.overhead_ms(m)
                 out.append({
                     "workload": workload, "variant": m.variant,
                     "chunks": f"{m.chunks}" + (f"/{m.sample_of}" if m.sample_of else ""),
                     "wall_s": m.wall_s, "phase_s": m.phase_s, "est_phase_s": phase if m.sample_of else None,
                     "rows_per_s": m.rows_per_s, "mb_per_s": m.mb_per_s,
-                    "speedup": (seq.phase_s / phase) if seq and phase else None,
-                    "e2e_speedup": (seq.wall_s / m.wall_s) if seq and m.wall_s and not m.sample_of else None,
+                    "speedup": (seq.phase_s / phase) if seq and phase and not rerun else None,
+                    "e2e_speedup": (seq.wall_s / m.wall_s) if seq and m.wall_s and not (m.sample_of or rerun) else None,
                     "ms_per_chunk": m.s_per_chunk * 1000,
                     "overhead_ms": over,
                     "overhead_vs_raw": (over / raw_over) if over is not None and raw_over and raw_over > 0 else None,
@@ -202,7 +203,9 @@ class Bench:
         info = machine()
         text.append("")
         text.append(f"mode {self.mode}; {info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB; "
-                    f"load average at start {self.load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
+                    f"niceness {info['niceness']}; load average at start {self.load_start[0]:.2f}, "
+                    f"at end {os.getloadavg()[0]:.2f}; 'other cores': CPU used by other processes "
+                    "(incl. the Prefect server) during the variant")
         return "\n".join(text)
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,8 +260,6 @@ class Bench:
             ax.barh(names, cluster, left=phases, color="none", edgecolor="#555555", hatch="//", linewidth=0.5)
             ax.invert_yaxis()
             ax.set_title(workload, fontsize=10, loc="left")
-            ax.set_xlabel("seconds, cluster up (hatched: LocalCluster start + close; * = extrapolated "
-                          "from a sample; lower is better)", fontsize=7)
             for bar, r, extra in zip(bars, mine, cluster):
                 label = f"{(r['est_phase_s'] or r['phase_s']):.1f}s" + ("*" if r["est_phase_s"] else "")
                 if r["speedup"]:
@@ -266,7 +267,17 @@ class Bench:
                 ax.text(bar.get_width() + extra, bar.get_y() + bar.get_height() / 2, " " + label, va="center",
                         fontsize=8)
             totals = [p + c for p, c in zip(phases, cluster)]
-            ax.set_xlim(0, max(totals) * 1.45 if totals else 1)
+            # Log scale when an extrapolated naive run would flatten every other bar
+            # (reruns, near zero by design, do not count).
+            positive = [t for t, r in zip(totals, mine) if t > 0 and "rerun" not in r["variant"]]
+            log = bool(positive) and max(positive) / min(positive) > 20
+            if log:
+                ax.set_xscale("log")
+                ax.set_xlim(min(t for t in totals if t > 0) / 2, max(positive) * 8)
+            else:
+                ax.set_xlim(0, max(totals) * 1.45 if totals else 1)
+            ax.set_xlabel("seconds with the cluster up (hatched: LocalCluster start + close; * = extrapolated "
+                          "from a sample; lower is better" + ("; log scale" if log else "") + ")", fontsize=7)
             ax.tick_params(labelsize=8)
         info = machine()
         fig.suptitle(f"distetl benchmarks ({self.mode}) · {info['cpus']} CPUs · {WORKERS} workers × 1 thread",

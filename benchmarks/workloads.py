@@ -47,9 +47,9 @@ class Sizes:
     s3_rerun_chunks: int
 
 
-QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=60,
-              dd_tiny_sample=400, resume_chunks=10_000, naive_nyc_sample=30, s3_rerun_chunks=1_200)
-FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=1_000,
+QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
+              dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000)
+FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,
              dd_tiny_sample=0, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000)
 
 TINY_ROWS = 20

@@ -37,7 +37,6 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distetl import Chunk, ConfigError, Pipeline, Plan, PlanError
