@@ -61,3 +61,33 @@ def test_cli_takes_scale_factor_and_parts(tmp_path, tpch_cache):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["total"] == 3 and report["plan"]["sf"] == 0.05 and report["plan"]["parts"] == 3
+
+
+def test_batched_on_a_cluster_every_chunk_still_reports(tmp_path, tpch_cache, prefect_api, monkeypatch):
+    """Two Prefect tasks for three chunks on two Dask workers: the live feed still gets
+    one event per chunk from the workers, and the manifest one row per chunk."""
+    import distetl.flow
+
+    events = []
+    real = distetl.flow.run_flow
+
+    def spy(pipeline, jobs, task_runner, on_result, on_chunk, flow_run_name):
+        def chunk(event):
+            events.append(event)
+            on_chunk(event)
+
+        return real(pipeline, jobs, task_runner, on_result, chunk, flow_run_name)
+
+    monkeypatch.setattr(distetl.flow, "run_flow", spy)
+    out = tmp_path / "out"
+    report = distetl.run(load_pipeline(TPCH), str(out), runner="local", workers=2,
+                         params={"sf": SF, "parts": PARTS}, chunks_per_task=2)
+
+    assert report.ok, report.failed
+    assert report.task_runs == report.task_runs_recorded == 2
+    assert sorted(e["key"] for e in events) == ["part=001", "part=002", "part=003"]
+    assert {e["status"] for e in events} == {"written"}
+    assert sum(e["rows"] for e in events) == report.rows > 0
+    assert all(r.worker.startswith("tcp://") for r in report.results)  # ran on Dask workers
+    manifest = json.loads((out / "_distetl" / "tpch" / "latest.json").read_text())
+    assert sorted(r["key"] for r in manifest["results"]) == ["part=001", "part=002", "part=003"]
