@@ -117,7 +117,7 @@ def run(
         dry_run: Plan only; nothing runs.
         params: Plan parameter overrides.
         storage_options: fsspec options (credentials allowed; never logged).
-        chunks_per_task: Chunks per Prefect task; default about 4 tasks per worker.
+        chunks_per_task: Chunks per Prefect task; default about 8 tasks per worker.
         console: Where progress and messages go.
         progress: Show the live progress display.
         record_timeout: Seconds to wait for Prefect to record every task run.

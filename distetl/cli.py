@@ -44,7 +44,7 @@ def _base_parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="recompute every chunk, committed or not")
             p.add_argument("--dry-run", action="store_true", help="plan only: print total / to run / to skip")
             p.add_argument("--chunks-per-task", type=int, default=None,
-                           help="chunks per Prefect task (default: about 4 tasks per worker)")
+                           help="chunks per Prefect task (default: about 8 tasks per worker)")
             p.add_argument("--retries", type=int, default=None, help="times a failing chunk is retried")
             p.add_argument("--retry-delay", type=float, default=None, help="seconds between retries")
             p.add_argument("--no-progress", action="store_true", help="no live progress display")

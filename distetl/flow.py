@@ -42,6 +42,9 @@ from distetl.prefect_api import publish_chunk_table
 
 __all__ = ["FlowOutcome", "PackedJob", "run_flow", "split_batches"]
 
+#: Default number of batches per worker (``chunks_per_task`` overrides it).
+BATCHES_PER_WORKER = 8
+
 #: Batches in flight per Dask worker thread when the batch tasks submit to a cluster.
 IN_FLIGHT_PER_THREAD = 2
 
@@ -89,15 +92,16 @@ def run_chunks(job: PackedJob, label: str) -> list[ChunkResult]:
 
 
 def split_batches(items: Sequence[Any], workers: int, chunks_per_task: Optional[int]) -> list[list[Any]]:
-    """Cut items into batches: ``chunks_per_task`` each, or about 4 batches per worker.
+    """Cut items into batches: ``chunks_per_task`` each, or about 8 batches per worker.
 
-    Four per worker keeps the tail short when chunks differ in cost, while the Prefect
-    overhead (tens of ms per task) is paid per batch, not per chunk.
+    Eight per worker keeps the tail short (a run of few, heavy chunks gets one chunk per
+    batch, as raw Dask would), while the Prefect overhead -- a few ms per task run in a
+    driver thread -- is paid per batch, not per chunk.
     """
     if not items:
         return []
     if chunks_per_task is None:
-        batches = min(len(items), max(1, workers) * 4)
+        batches = min(len(items), max(1, workers) * BATCHES_PER_WORKER)
         size = -(-len(items) // batches)
     else:
         size = max(1, chunks_per_task)
