@@ -139,6 +139,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # After the session fixtures (the Prefect server) are torn down: the outputs and
+    # the session's Prefect database go; benchmarks/results/ stays.
     import shutil
 
-    shutil.rmtree(_HOME / "out", ignore_errors=True)
+    shutil.rmtree(_HOME, ignore_errors=True)
