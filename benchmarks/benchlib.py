@@ -115,38 +115,68 @@ def _own_cpu_seconds() -> float:
     return total
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children (0 if it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+#: Environment variable naming the benchmark session's Prefect server process, so each
+#: variant's process can tell the server's CPU (part of the orchestration's cost) from
+#: other programs' (noise).
+SERVER_PID_ENV = "DISTETL_BENCH_SERVER_PID"
+
+
 class PeakRSS:
     """Peak RSS of the driver and of every Dask worker process during a block, and the
     CPU the rest of the machine used meanwhile.
 
     The driver's high-water mark is reset on entry (``/proc/self/clear_refs``) and read
     on exit. Worker processes (children of the driver started by multiprocessing's
-    spawn, as LocalCluster's nannies do) are polled for their own high-water mark every
-    ``interval`` seconds while the block runs; processes in ``exclude`` (the Prefect
-    server) are ignored.
+    spawn, as LocalCluster's nannies do) are polled for their own high-water mark
+    (VmHWM, which only grows) every ``interval`` seconds while the block runs; the list
+    of worker processes is refreshed every ``rescan`` seconds. Both are kept cheap on
+    purpose: the monitor runs on the cores it measures (at 50 ms it took ~4 % of a
+    core). Processes in ``exclude`` are ignored.
 
     Attributes:
         driver_mb: Peak RSS of this process during the block, MB.
         workers_mb: Peak RSS of each worker process seen, MB, largest first.
-        other_cores: Average cores busy outside this process tree during the block
-            (other programs, and the Prefect API server recording this run): a
+        other_cores: Average cores busy outside this process tree during the block:
+            the Prefect API server recording this run, and other programs.
+        server_cores: Of ``other_cores``, the share of the session's Prefect server
+            (``$DISTETL_BENCH_SERVER_PID``): a cost of the variant that talks to it.
+        foreign_cores: ``other_cores - server_cores``: other programs, i.e. noise. A
             benchmark on 2 cores is only as clean as this is low.
         driver_cpu_s: CPU seconds this process (the driver: orchestration, and for
             LocalCluster its scheduler and nannies) used during the block.
     """
 
-    def __init__(self, exclude: Sequence[int] = (), interval: float = 0.05):
+    def __init__(self, exclude: Sequence[int] = (), interval: float = 0.25, rescan: float = 1.0):
         self.exclude = set(exclude)
         self.interval = interval
+        self.rescan = rescan
         self.driver_mb = 0.0
         self.workers_mb: list[float] = []
         self.other_cores = 0.0
+        self.server_cores = 0.0
+        self.foreign_cores = 0.0
         self.driver_cpu_s = 0.0
+        self._server_pid = int(os.environ.get(SERVER_PID_ENV) or 0)
         self._peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def _workers(self) -> list[psutil.Process]:
+    def _workers(self) -> list[int]:
         found = []
         for child in psutil.Process().children(recursive=True):
             if child.pid in self.exclude:
@@ -158,15 +188,20 @@ class PeakRSS:
             except psutil.Error:
                 continue
             if "spawn_main" in cmd and "resource_tracker" not in cmd:
-                found.append(child)
+                found.append(child.pid)
         return found
 
     def _poll(self) -> None:
+        pids: list[int] = []
+        scanned = 0.0
         while True:
-            for proc in self._workers():
-                peak = _hwm_kb(proc.pid)
+            now = time.monotonic()
+            if now - scanned >= self.rescan:
+                pids, scanned = self._workers(), now
+            for pid in pids:
+                peak = _hwm_kb(pid)
                 if peak is not None:
-                    self._peaks[proc.pid] = max(peak, self._peaks.get(proc.pid, 0))
+                    self._peaks[pid] = max(peak, self._peaks.get(pid, 0))
             if self._stop.wait(self.interval):
                 return
 
@@ -177,6 +212,7 @@ class PeakRSS:
         except OSError:
             pass
         self._thread = threading.Thread(target=self._poll, name="peak-rss", daemon=True)
+        self._server0 = _tree_cpu_seconds(self._server_pid) if self._server_pid else 0.0
         self._cpu0, self._busy0, self._t0 = _own_cpu_seconds(), _busy_seconds(), time.perf_counter()
         self._driver0 = sum(psutil.Process().cpu_times()[:2])
         self._thread.start()
@@ -185,11 +221,15 @@ class PeakRSS:
     def __exit__(self, *exc: Any) -> None:
         elapsed = time.perf_counter() - self._t0
         other = (_busy_seconds() - self._busy0) - (_own_cpu_seconds() - self._cpu0)
-        self.other_cores = max(0.0, other / elapsed) if elapsed > 0 else 0.0
-        self.driver_cpu_s = sum(psutil.Process().cpu_times()[:2]) - self._driver0
+        server = (_tree_cpu_seconds(self._server_pid) - self._server0) if self._server_pid else 0.0
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if elapsed > 0:
+            self.other_cores = max(0.0, other / elapsed)
+            self.server_cores = max(0.0, min(server, other) / elapsed)
+            self.foreign_cores = max(0.0, (other - server) / elapsed)
+        self.driver_cpu_s = sum(psutil.Process().cpu_times()[:2]) - self._driver0
         self.driver_mb = (_hwm_kb("self") or 0) / 1024
         self.workers_mb = sorted((kb / 1024 for kb in self._peaks.values()), reverse=True)
 
@@ -357,6 +397,8 @@ def _measure(exclude: Sequence[int], body: Callable[[], Measurement]) -> Measure
     m.cluster_s = round(clusters.seconds, 4)
     m.notes["clusters_started"] = clusters.clusters
     m.notes["other_cores"] = round(rss.other_cores, 2)
+    m.notes["server_cores"] = round(rss.server_cores, 3)
+    m.notes["foreign_cores"] = round(rss.foreign_cores, 2)
     m.notes["driver_cpu_s"] = round(rss.driver_cpu_s, 2)
     return m
 

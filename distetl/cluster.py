@@ -184,7 +184,7 @@ def start_cluster(
         workers=n, logs=str(logs), started_at=time.time(),
     )
     try:
-        server = EmbeddedServer(home / "prefect", port=prefect_port, ui=True, tied=False)
+        server = EmbeddedServer(home / "prefect", port=prefect_port, ui=True, tied=False, all_services=True)
         server.start(timeout=timeout)
         assert server.process is not None
         state.pids["prefect"] = server.process.pid

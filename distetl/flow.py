@@ -38,7 +38,7 @@ from distetl.execute import FAILED, BatchJob, ChunkResult, _LOCAL_LISTENERS, run
 from distetl.loader import sources_for
 from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
-from distetl.prefect_api import publish_chunk_table
+from distetl.prefect_api import override_settings, publish_chunk_table
 
 __all__ = ["FlowOutcome", "PackedJob", "run_flow", "split_batches"]
 
@@ -170,11 +170,11 @@ def run_flow(
     _ACTIVE[topic] = run
     try:
         flow = Flow(
-            fn=_backfill, name=pipeline.name, task_runner=task_runner, flow_run_name=flow_run_name,
+            fn=_flow_body(topic), name=pipeline.name, task_runner=task_runner, flow_run_name=flow_run_name,
             validate_parameters=False, persist_result=False, log_prints=False,
         )
         with _no_heartbeat_unless_asked():
-            state = flow(run_key=topic, return_state=True)
+            state = flow(return_state=True)
     finally:
         _ACTIVE.pop(topic, None)
     run.outcome.state = state.type.value if state else ""
@@ -189,9 +189,7 @@ def _no_heartbeat_unless_asked() -> contextlib.AbstractContextManager[Any]:
     """Settings for the flow run: no heartbeat thread, unless the user configured one."""
     if any(os.environ.get(name) for name in _HEARTBEAT_ENV):
         return contextlib.nullcontext()
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    return override_settings(flows={"heartbeat_frequency": None})
 
 
 @dataclass
@@ -208,6 +206,21 @@ class _ActiveRun:
 
 
 _ACTIVE: dict[str, _ActiveRun] = {}
+
+
+def _flow_body(run_key: str) -> Callable[[], None]:
+    """The flow function of one run: :func:`_backfill` for ``run_key``, without parameters.
+
+    The flow takes no parameters because Prefect serialises a flow run's parameters
+    with FastAPI's encoder, whose import alone costs the driver ~70 ms per process;
+    the run key means nothing to a user anyway (the flow run's name says what runs).
+    """
+
+    def backfill() -> None:
+        _backfill(run_key)
+
+    backfill.__doc__ = _backfill.__doc__
+    return backfill
 
 
 def _backfill(run_key: str) -> None:

@@ -18,11 +18,21 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from distetl.errors import ConfigError
 
-__all__ = ["quiet_prefect_env", "prefect_api", "state_home", "EmbeddedServer"]
+__all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer"]
+
+#: Prefect server services a per-run server does without: they serve deployments,
+#: schedules, work pools, pauses, concurrency leases and automations, none of which a
+#: backfill's own short-lived server has. Each polls its database every few seconds,
+#: which on a laptop takes CPU from the workers. Task-run recording and event storage
+#: stay on. A user's environment variable for a service wins.
+BACKFILL_OFF_SERVICES = (
+    "SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
+    "CANCELLATION_CLEANUP", "CLEANUP_RECONCILER", "TRIGGERS", "DB_VACUUM",
+)
 
 
 def quiet_prefect_env() -> None:
@@ -63,13 +73,17 @@ class EmbeddedServer:
         tied: Stop the server when this process dies, however it dies (its stdin is a
             pipe from this process; see :mod:`distetl._serve`). False for a server that
             must outlive its starter (``distetl cluster up``).
+        all_services: Run every Prefect server service. False (a per-run server) turns
+            off those in :data:`BACKFILL_OFF_SERVICES`.
     """
 
-    def __init__(self, home: Path, port: int | None = None, ui: bool = False, tied: bool = True):
+    def __init__(self, home: Path, port: int | None = None, ui: bool = False, tied: bool = True,
+                 all_services: bool = False):
         self.home = Path(home)
         self.port = port or _free_port()
         self.ui = ui
         self.tied = tied
+        self.all_services = all_services
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,6 +109,9 @@ class EmbeddedServer:
         )
         if self.ui:
             env["PREFECT_UI_API_URL"] = self.url
+        if not self.all_services:
+            for service in BACKFILL_OFF_SERVICES:
+                env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
         log = open(self.home / "server.log", "ab")
         launcher = ["-m", "distetl._serve", "uvicorn"] if self.tied else ["-m", "uvicorn"]
         self.process = subprocess.Popen(
@@ -167,9 +184,7 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with override_settings(api={"url": url}):
             yield url
     finally:
         if previous is None:
@@ -178,6 +193,26 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
             os.environ["PREFECT_API_URL"] = previous
         if server is not None:
             server.stop()
+
+
+@contextlib.contextmanager
+def override_settings(**sections: Mapping[str, Any]) -> Iterator[None]:
+    """Override Prefect settings for the block, e.g. ``override_settings(api={"url": u})``.
+
+    Does what ``prefect.settings.temporary_settings`` does (a new settings context for
+    the block) for a known, valid set of values, without re-validating every setting:
+    ~0.1 ms instead of ~20 ms, paid on every run.
+
+    Args:
+        sections: Per settings section (``api``, ``flows``…), the fields to replace.
+    """
+    from prefect.context import SettingsContext, get_settings_context
+
+    context = get_settings_context()
+    settings = context.settings
+    updates = {name: getattr(settings, name).model_copy(update=dict(fields)) for name, fields in sections.items()}
+    with SettingsContext(profile=context.profile, settings=settings.model_copy(update=updates)):
+        yield
 
 
 def wait_for_task_runs(task_run_ids: list[str], timeout: float = 60.0) -> int:
