@@ -115,25 +115,25 @@ def _own_cpu_seconds() -> float:
     return total
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its live children (0 if it is gone)."""
-    try:
-        proc = psutil.Process(pid)
-        total = sum(proc.cpu_times()[:2])
-        for child in proc.children(recursive=True):
-            try:
-                total += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return 0.0
+def _cpu_seconds_of(pids: Sequence[int]) -> float:
+    """CPU seconds of these processes themselves (not their children; 0 for one gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
-#: Environment variable naming the benchmark session's Prefect server process, so each
-#: variant's process can tell the server's CPU (part of the orchestration's cost) from
-#: other programs' (noise).
-SERVER_PID_ENV = "DISTETL_BENCH_SERVER_PID"
+#: Environment variable listing the benchmark session's service processes (its Prefect
+#: server, and the session process itself, which hosts the S3 server of the S3
+#: workloads), so each variant's process can tell their CPU (a cost of the variant that
+#: talks to them) from other programs' (noise).
+SERVICE_PIDS_ENV = "DISTETL_BENCH_SERVICE_PIDS"
+
+#: Runs shorter than this get no CPU-share figures (a few ms of anything would dominate).
+MIN_SHARE_SECONDS = 0.5
 
 
 class PeakRSS:
@@ -152,10 +152,11 @@ class PeakRSS:
         driver_mb: Peak RSS of this process during the block, MB.
         workers_mb: Peak RSS of each worker process seen, MB, largest first.
         other_cores: Average cores busy outside this process tree during the block:
-            the Prefect API server recording this run, and other programs.
-        server_cores: Of ``other_cores``, the share of the session's Prefect server
-            (``$DISTETL_BENCH_SERVER_PID``): a cost of the variant that talks to it.
-        foreign_cores: ``other_cores - server_cores``: other programs, i.e. noise. A
+            the session's services (the Prefect API server recording this run, the S3
+            server) and other programs. None for a block under ``MIN_SHARE_SECONDS``.
+        service_cores: Of ``other_cores``, the share of the session's service processes
+            (``$DISTETL_BENCH_SERVICE_PIDS``): a cost of the variant that talks to them.
+        foreign_cores: ``other_cores - service_cores``: other programs, i.e. noise. A
             benchmark on 2 cores is only as clean as this is low.
         driver_cpu_s: CPU seconds this process (the driver: orchestration, and for
             LocalCluster its scheduler and nannies) used during the block.
@@ -167,11 +168,11 @@ class PeakRSS:
         self.rescan = rescan
         self.driver_mb = 0.0
         self.workers_mb: list[float] = []
-        self.other_cores = 0.0
-        self.server_cores = 0.0
-        self.foreign_cores = 0.0
+        self.other_cores: Optional[float] = None
+        self.service_cores: Optional[float] = None
+        self.foreign_cores: Optional[float] = None
         self.driver_cpu_s = 0.0
-        self._server_pid = int(os.environ.get(SERVER_PID_ENV) or 0)
+        self._services = [int(p) for p in os.environ.get(SERVICE_PIDS_ENV, "").split(",") if p.strip()]
         self._peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -212,7 +213,7 @@ class PeakRSS:
         except OSError:
             pass
         self._thread = threading.Thread(target=self._poll, name="peak-rss", daemon=True)
-        self._server0 = _tree_cpu_seconds(self._server_pid) if self._server_pid else 0.0
+        self._service0 = _cpu_seconds_of(self._services)
         self._cpu0, self._busy0, self._t0 = _own_cpu_seconds(), _busy_seconds(), time.perf_counter()
         self._driver0 = sum(psutil.Process().cpu_times()[:2])
         self._thread.start()
@@ -221,14 +222,14 @@ class PeakRSS:
     def __exit__(self, *exc: Any) -> None:
         elapsed = time.perf_counter() - self._t0
         other = (_busy_seconds() - self._busy0) - (_own_cpu_seconds() - self._cpu0)
-        server = (_tree_cpu_seconds(self._server_pid) - self._server0) if self._server_pid else 0.0
+        service = _cpu_seconds_of(self._services) - self._service0
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if elapsed > 0:
+        if elapsed >= MIN_SHARE_SECONDS:
             self.other_cores = max(0.0, other / elapsed)
-            self.server_cores = max(0.0, min(server, other) / elapsed)
-            self.foreign_cores = max(0.0, (other - server) / elapsed)
+            self.service_cores = max(0.0, min(service, other) / elapsed)
+            self.foreign_cores = max(0.0, (other - service) / elapsed)
         self.driver_cpu_s = sum(psutil.Process().cpu_times()[:2]) - self._driver0
         self.driver_mb = (_hwm_kb("self") or 0) / 1024
         self.workers_mb = sorted((kb / 1024 for kb in self._peaks.values()), reverse=True)
@@ -396,9 +397,9 @@ def _measure(exclude: Sequence[int], body: Callable[[], Measurement]) -> Measure
     m.worker_peak_mb = [round(x, 1) for x in rss.workers_mb]
     m.cluster_s = round(clusters.seconds, 4)
     m.notes["clusters_started"] = clusters.clusters
-    m.notes["other_cores"] = round(rss.other_cores, 2)
-    m.notes["server_cores"] = round(rss.server_cores, 3)
-    m.notes["foreign_cores"] = round(rss.foreign_cores, 2)
+    for key in ("other_cores", "service_cores", "foreign_cores"):
+        value = getattr(rss, key)
+        m.notes[key] = None if value is None else round(value, 3)
     m.notes["driver_cpu_s"] = round(rss.driver_cpu_s, 2)
     return m
 

@@ -44,7 +44,7 @@ for _path in (str(REPO / "flows"), str(Path(__file__).resolve().parent)):
 import pytest  # noqa: E402
 
 from distetl.prefect_api import EmbeddedServer  # noqa: E402
-from benchlib import SERVER_PID_ENV  # noqa: E402
+from benchlib import SERVICE_PIDS_ENV  # noqa: E402
 from report import Bench  # noqa: E402
 from workloads import FULL, QUICK, Sizes  # noqa: E402
 
@@ -107,12 +107,12 @@ def prefect_server() -> EmbeddedServer:
     server = EmbeddedServer(_HOME / "server")
     url = server.start()
     os.environ["PREFECT_API_URL"] = url
-    if server.process is not None:
-        os.environ[SERVER_PID_ENV] = str(server.process.pid)
+    services = [os.getpid()] + ([server.process.pid] if server.process is not None else [])
+    os.environ[SERVICE_PIDS_ENV] = ",".join(str(pid) for pid in services)
     _warm_up(url)
     yield server
     os.environ.pop("PREFECT_API_URL", None)
-    os.environ.pop(SERVER_PID_ENV, None)
+    os.environ.pop(SERVICE_PIDS_ENV, None)
     server.stop()
 
 

@@ -163,7 +163,7 @@ class Bench:
                     "worker_mb": max(m.worker_peak_mb) if m.worker_peak_mb else None,
                     "workers_seen": len(m.worker_peak_mb),
                     "other_cores": m.notes.get("other_cores"),
-                    "server_cores": m.notes.get("server_cores"),
+                    "service_cores": m.notes.get("service_cores"),
                     "foreign_cores": m.notes.get("foreign_cores"),
                     "failed": m.failed,
                 })
@@ -175,7 +175,7 @@ class Bench:
         """The results as a fixed-width text table, then the figures and the checks."""
         head = ["workload", "variant", "chunks", "wall s", "cluster s", "phase s", "est. phase", "rows/s",
                 "MB/s", "speedup", "e2e", "ms/chunk", "ovh ms/chunk", "ovh vs raw", "driver MB", "worker MB",
-                "API cores", "foreign cores"]
+                "service cores", "foreign cores"]
 
         def f(v: Any, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
@@ -188,7 +188,7 @@ class Bench:
                 f(r["mb_per_s"], ".2f"), f(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
                 f(r["e2e_speedup"], ".2f") + ("x" if r["e2e_speedup"] else ""),
                 f(r["ms_per_chunk"], ".2f"), f(r["overhead_ms"], ".2f"), f(r["overhead_vs_raw"], ".2f"),
-                f(r["driver_mb"], ".0f"), f(r["worker_mb"], ".0f"), f(r["server_cores"], ".3f"),
+                f(r["driver_mb"], ".0f"), f(r["worker_mb"], ".0f"), f(r["service_cores"], ".3f"),
                 f(r["foreign_cores"], ".2f"),
             ])
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
@@ -207,9 +207,9 @@ class Bench:
         text.append("")
         text.append(f"mode {self.mode}; {info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB; "
                     f"niceness {info['niceness']}; load average at start {self.load_start[0]:.2f}, "
-                    f"at end {os.getloadavg()[0]:.2f}; 'API cores': CPU the session's Prefect server "
-                    "used during the variant (its orchestration cost); 'foreign cores': CPU other programs "
-                    "used meanwhile (noise)")
+                    f"at end {os.getloadavg()[0]:.2f}; 'service cores': CPU the session's Prefect server "
+                    "(and S3 server) used during the variant (a cost of the variant); 'foreign cores': CPU other "
+                    "programs used meanwhile (noise)")
         return "\n".join(text)
 
     def to_dict(self) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def test_cpu_bound_tpch(bench, sizes, bench_root, prefect_server):
     for variant in COMPARED:
         runs[variant].notes["attempts"] = [
             {"phase_s": round(m.phase_s, 3), "wall_s": round(m.wall_s, 3),
-             "foreign_cores": m.notes.get("foreign_cores"), "server_cores": m.notes.get("server_cores")}
+             "foreign_cores": m.notes.get("foreign_cores"), "service_cores": m.notes.get("service_cores")}
             for m in attempts[variant]
         ]
     for m in runs.values():
