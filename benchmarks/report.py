@@ -160,7 +160,7 @@ class Bench:
                     "overhead_vs_raw": (over / raw_over) if over is not None and raw_over and raw_over > 0 else None,
                     "cluster_s": m.cluster_s,
                     "driver_mb": m.driver_peak_mb,
-                    "worker_mb": max(m.worker_peak_mb) if m.worker_peak_mb else None,
+                    "worker_mb": list(m.worker_peak_mb),
                     "workers_seen": len(m.worker_peak_mb),
                     "other_cores": m.notes.get("other_cores"),
                     "service_cores": m.notes.get("service_cores"),
@@ -174,7 +174,7 @@ class Bench:
     def table(self) -> str:
         """The results as a fixed-width text table, then the figures and the checks."""
         head = ["workload", "variant", "chunks", "wall s", "cluster s", "phase s", "est. phase", "rows/s",
-                "MB/s", "speedup", "e2e", "ms/chunk", "ovh ms/chunk", "ovh vs raw", "driver MB", "worker MB",
+                "MB/s", "speedup", "e2e", "ms/chunk", "ovh ms/chunk", "ovh vs raw", "driver MB", "each worker MB",
                 "service cores", "foreign cores"]
 
         def f(v: Any, fmt: str) -> str:
@@ -188,7 +188,7 @@ class Bench:
                 f(r["mb_per_s"], ".2f"), f(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
                 f(r["e2e_speedup"], ".2f") + ("x" if r["e2e_speedup"] else ""),
                 f(r["ms_per_chunk"], ".2f"), f(r["overhead_ms"], ".2f"), f(r["overhead_vs_raw"], ".2f"),
-                f(r["driver_mb"], ".0f"), f(r["worker_mb"], ".0f"), f(r["service_cores"], ".3f"),
+                f(r["driver_mb"], ".0f"), "/".join(f"{x:.0f}" for x in r["worker_mb"]) or "-", f(r["service_cores"], ".3f"),
                 f(r["foreign_cores"], ".2f"),
             ])
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
