@@ -30,7 +30,9 @@ class Sizes:
         tpch_parts: Parts (= chunks) of the CPU-bound workload.
         tiny_chunks: Chunks of the many-small-chunks workload.
         naive_tiny_sample: Chunks the naive Prefect variant runs of those.
-        dd_tiny_sample: Chunks dask.dataframe runs of those (0: all).
+        dd_tiny_sample: Chunks dask.dataframe runs of those (0: all). Sampled in both
+            modes: with 20,000 partitions its graph alone kept it busy for over 25
+            minutes (2 cores), against ~3 s for 300.
         resume_chunks: Committed chunks the resume workload reruns over.
         naive_nyc_sample: Days the naive Prefect variant runs of the nycflights year.
         s3_rerun_chunks: Finished chunks on S3 the S3 rerun lists.
@@ -50,7 +52,7 @@ class Sizes:
 QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
               dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000)
 FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,
-             dd_tiny_sample=0, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000)
+             dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000)
 
 TINY_ROWS = 20
 TINY_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])
