@@ -147,6 +147,7 @@ def run_flow(
     on_result: Callable[[ChunkResult], None],
     on_chunk: Callable[[dict[str, Any]], None],
     flow_run_name: str,
+    on_flow_run: Optional[Callable[[str], None]] = None,
 ) -> FlowOutcome:
     """Run the batches as one Prefect flow run and gather the chunk results.
 
@@ -158,6 +159,8 @@ def run_flow(
         on_chunk: Called (possibly from another thread) as each chunk lands on a worker,
             with ``{"key", "status", "rows"}``: the live progress feed.
         flow_run_name: Name of the flow run in Prefect.
+        on_flow_run: Called on the driver with the flow run's id as soon as it exists
+            (e.g. to record it in the run's lease).
     """
     blob = cloudpickle.dumps(pipeline)
     sources = sources_for(blob)
@@ -166,7 +169,7 @@ def run_flow(
     digest = hashlib.sha256(blob + "".join(s.source for s in sources).encode()).hexdigest()
     topic = f"distetl-{uuid.uuid4().hex}"
     packed = [PackedJob(replace(job, topic=topic), blob, digest, sources) for job in jobs]
-    run = _ActiveRun(packed, topic, on_result, on_chunk, FlowOutcome())
+    run = _ActiveRun(packed, topic, on_result, on_chunk, FlowOutcome(), on_flow_run=on_flow_run)
     _ACTIVE[topic] = run
     try:
         flow = Flow(
@@ -203,6 +206,7 @@ class _ActiveRun:
     on_chunk: Callable[[dict[str, Any]], None]
     outcome: FlowOutcome
     client: Any = None
+    on_flow_run: Optional[Callable[[str], None]] = None
 
 
 _ACTIVE: dict[str, _ActiveRun] = {}
@@ -233,6 +237,8 @@ def _backfill(run_key: str) -> None:
     outcome, topic = run.outcome, run.topic
     context = FlowRunContext.get()
     outcome.flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
+    if outcome.flow_run_id and run.on_flow_run is not None:
+        run.on_flow_run(outcome.flow_run_id)
     runner = context.task_runner if context else None
     client = runner.client if type(runner).__name__ == "DaskTaskRunner" else None
     on_chunk = run.on_chunk
