@@ -13,6 +13,7 @@ from distetl.chunks import Chunk
 from distetl.errors import ConfigError
 from distetl.execute import FAILED, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.manifest import RunReport, now_iso
+from distetl.partitions import check_schema
 from distetl.pipeline import Pipeline
 from distetl.plans import Plan
 from distetl.prefect_api import quiet_prefect_env
@@ -74,6 +75,7 @@ def plan(
     targets.storage.check_root(targets.output)
     chunks = the_plan.chunks(storage_options)
     paths = targets.render(chunks)
+    check_schema(targets.template, pipeline.schema, chunks, paths, targets.output)
     committed = set() if force else targets.committed(paths)
     return PlannedRun(pipeline, the_plan, targets, chunks, paths, committed, time.perf_counter() - started)
 

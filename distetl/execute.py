@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import pyarrow.parquet as pq
 
 from distetl.chunks import Chunk
+from distetl.partitions import strip_partitions
 from distetl.pipeline import Pipeline, arity
 from distetl.schema import to_table
 from distetl.storage import Storage
@@ -141,6 +142,7 @@ def run_chunk(
                 else:
                     frame = pipeline.transform(frame)
             table = to_table(frame, pipeline.schema, chunk.key)
+            table = strip_partitions(table, pipeline.target, chunk, context.output)
             buffer = io.BytesIO()
             pq.write_table(table, buffer, compression=pipeline.compression)
             data = buffer.getvalue()
