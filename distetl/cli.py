@@ -47,6 +47,8 @@ def _base_parser() -> argparse.ArgumentParser:
                            help="chunks per Prefect task (default: about 8 tasks per worker)")
             p.add_argument("--retries", type=int, default=None, help="times a failing chunk is retried")
             p.add_argument("--retry-delay", type=float, default=None, help="seconds between retries")
+            p.add_argument("--chunk-timeout", type=float, default=None, metavar="SECONDS",
+                           help="time limit of one try of one chunk; past it the try fails and is retried")
             p.add_argument("--no-progress", action="store_true", help="no live progress display")
     cluster = sub.add_parser("cluster", help="start or stop a laptop Dask cluster and Prefect API")
     csub = cluster.add_subparsers(dest="action", required=True)
@@ -78,6 +80,9 @@ def _plan_params(pipeline: Any, extra: Sequence[str], parser: argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distetl`` command."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's run logs go to its API (the UI shows them); the terminal gets distetl's
+    # own progress, summary and failed-chunk table instead of a second copy.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     parser = _base_parser()
     args, extra = parser.parse_known_args(argv)
@@ -112,6 +117,8 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         changes["retries"] = args.retries
     if args.retry_delay is not None:
         changes["retry_delay_seconds"] = args.retry_delay
+    if args.chunk_timeout is not None:
+        changes["timeout_seconds"] = args.chunk_timeout
     if changes:
         pipeline = pipeline.with_options(**changes)
     from distetl.runners import RunnerSpec
@@ -120,10 +127,21 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     show = not args.no_progress and not args.json and not args.dry_run
     if not args.json:
         console.print(f"[bold]distetl[/] {pipeline.name}: output {args.output} on {spec.describe()}")
-    report = backfill.run(
-        pipeline, args.output, runner=spec, force=args.force, dry_run=args.dry_run, params=params,
-        storage_options=options, chunks_per_task=args.chunks_per_task, console=console, progress=show,
-    )
+    from distetl.stopping import RunInterrupted
+
+    try:
+        report = backfill.run(
+            pipeline, args.output, runner=spec, force=args.force, dry_run=args.dry_run, params=params,
+            storage_options=options, chunks_per_task=args.chunks_per_task, console=console, progress=show,
+        )
+    except RunInterrupted as stopped:
+        if args.json:
+            print(json.dumps(stopped.report.to_dict(), default=str, indent=1))
+        else:
+            _print_report(stopped.report, console)
+        console.print(f"[yellow]stopped by {stopped.report.interrupted}[/]: {stopped.report.written} chunk(s) "
+                      f"committed by this run stay; {stopped.report.not_run} not run; rerun to do the rest")
+        return stopped.exit_code
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=1))
     elif args.dry_run:

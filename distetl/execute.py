@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -22,11 +23,13 @@ from distetl.pipeline import Pipeline, arity
 from distetl.schema import to_table
 from distetl.storage import Storage
 
-__all__ = ["ChunkContext", "ChunkResult", "BatchJob", "run_chunk", "run_batch"]
+__all__ = ["ChunkContext", "ChunkResult", "ChunkStopped", "ChunkTimeout", "BatchJob", "run_chunk", "run_batch"]
 
 WRITTEN = "written"
 SKIPPED = "skipped"
 FAILED = "failed"
+#: Not run because the run was stopped (SIGINT/SIGTERM): missing, for the rerun.
+NOT_RUN = "not_run"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class ChunkResult:
     worker: str = ""
     task_run_id: Optional[str] = None
     traceback: Optional[str] = None
+    timed_out: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +116,82 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext) -> tuple[Any, bytes]:
+    """Extract, transform and serialise one chunk: its Arrow table and Parquet bytes."""
+    if arity(pipeline.extract) >= 2:
+        frame = pipeline.extract(chunk, context)
+    else:
+        frame = pipeline.extract(chunk)
+    if pipeline.transform is not None:
+        if arity(pipeline.transform) >= 2:
+            frame = pipeline.transform(frame, chunk)
+        else:
+            frame = pipeline.transform(frame)
+    table = to_table(frame, pipeline.schema, chunk.key)
+    table = strip_partitions(table, pipeline.target, chunk, context.output)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=pipeline.compression)
+    return table, buffer.getvalue()
+
+
+class ChunkTimeout(Exception):
+    """A chunk ran past its time limit (``Pipeline(timeout_seconds=…)``)."""
+
+
+class ChunkStopped(Exception):
+    """The run was stopped while this chunk was computing; nothing was committed."""
+
+
+#: How often a chunk computing in a thread of its own checks for a stop request.
+STOP_POLL_SECONDS = 0.2
+
+
+def _produce_watched(
+    pipeline: Pipeline, chunk: Chunk, context: ChunkContext, timeout: Optional[float],
+    should_stop: Optional[Callable[[], bool]],
+) -> tuple[Any, bytes]:
+    """:func:`_produce` in a daemon thread, given up on past ``timeout`` seconds or once
+    ``should_stop()`` is true. A thread given up on is left running (Python cannot kill
+    it) but can commit nothing: the commit happens in the caller.
+
+    Raises:
+        ChunkTimeout: Past the time limit.
+        ChunkStopped: On a stop request.
+    """
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = _produce(pipeline, chunk, context)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name=f"distetl-chunk-{chunk.key}", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    while True:
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        step = STOP_POLL_SECONDS if should_stop is not None else left
+        if left is not None and step is not None:
+            step = min(step, max(left, 0.0))
+        if done.wait(step):
+            break
+        if should_stop is not None and should_stop():
+            raise ChunkStopped(f"chunk {chunk.key} was stopped with its run; nothing was committed")
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise ChunkTimeout(
+                f"chunk {chunk.key} timed out after {timeout:g} s (its time limit); nothing was "
+                f"committed. Fix: raise the limit with Pipeline(timeout_seconds=...) or "
+                f"`distetl run --chunk-timeout SECONDS`, or make the chunk smaller"
+            )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def run_chunk(
     pipeline: Pipeline,
     chunk: Chunk,
@@ -119,65 +199,88 @@ def run_chunk(
     storage: Storage,
     context: ChunkContext,
     force: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
+    watch_stop: bool = False,
 ) -> ChunkResult:
     """Run one chunk end to end and commit its file. Retries per the pipeline.
 
     The commit is create-only on object stores that support it (a target another writer
     committed meanwhile is reported as skipped), unless ``force`` replaces it.
 
+    With ``pipeline.timeout_seconds`` (or ``watch_stop``) the chunk computes in a
+    thread of its own, watched from here: past its limit it fails with a timeout (and
+    is retried like any failure); on a stop request (``should_stop()`` true) it ends as
+    not run. ``should_stop`` is also asked just before the commit, so a chunk of a
+    stopped run commits nothing after the stop.
+
     Never raises for a failure of the chunk itself: the error goes into the result.
     """
     attempts = 0
+    timed_out = False
     start = time.perf_counter()
+    timeout = pipeline.timeout_seconds
     while True:
         attempts += 1
         try:
-            if arity(pipeline.extract) >= 2:
-                frame = pipeline.extract(chunk, context)
+            if timeout is None and not watch_stop:
+                table, data = _produce(pipeline, chunk, context)
             else:
-                frame = pipeline.extract(chunk)
-            if pipeline.transform is not None:
-                if arity(pipeline.transform) >= 2:
-                    frame = pipeline.transform(frame, chunk)
-                else:
-                    frame = pipeline.transform(frame)
-            table = to_table(frame, pipeline.schema, chunk.key)
-            table = strip_partitions(table, pipeline.target, chunk, context.output)
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer, compression=pipeline.compression)
-            data = buffer.getvalue()
+                table, data = _produce_watched(pipeline, chunk, context, timeout,
+                                               should_stop if watch_stop else None)
+            if should_stop is not None and should_stop():
+                raise ChunkStopped(f"chunk {chunk.key} was stopped with its run before its commit")
             committed = storage.write_atomic(path, data, create_only=not force)
             return ChunkResult(
                 key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED,
                 rows=table.num_rows if committed else 0, bytes=len(data) if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
+                timed_out=timed_out,
+            )
+        except ChunkStopped as exc:
+            return ChunkResult(
+                key=chunk.key, path=path, status=NOT_RUN, seconds=time.perf_counter() - start,
+                attempts=attempts, worker=_worker_name(), error=str(exc), timed_out=timed_out,
             )
         except Exception as exc:  # noqa: BLE001 - one chunk's failure is data, not a crash
-            if attempts <= pipeline.retries:
+            timed_out = timed_out or isinstance(exc, ChunkTimeout)
+            if attempts <= pipeline.retries and not (should_stop is not None and should_stop()):
                 time.sleep(pipeline.retry_delay_seconds)
                 continue
             return ChunkResult(
                 key=chunk.key, path=path, status=FAILED, seconds=time.perf_counter() - start,
                 attempts=attempts, worker=_worker_name(), error=f"{type(exc).__name__}: {exc}",
-                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+                traceback=None if isinstance(exc, ChunkTimeout) else
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+                timed_out=timed_out,
             )
 
 
-def run_batch(job: BatchJob, report: Optional[Callable[[ChunkResult], None]] = None) -> list[ChunkResult]:
+def run_batch(
+    job: BatchJob,
+    report: Optional[Callable[[ChunkResult], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    watch_stop: bool = False,
+) -> list[ChunkResult]:
     """Run a batch of chunks in order; report each result as it lands.
 
     A chunk whose target exists when the batch reaches it is skipped unless ``force``:
     a batch rerun after a lost worker therefore never recomputes a committed chunk.
+    Once ``should_stop()`` is true, the chunks not yet done end as not run (with
+    ``watch_stop``, the chunk computing then too: see :func:`run_chunk`).
     """
     storage = Storage.for_url(job.output, job.storage_options)
     report = report or _default_reporter(job.topic)
     results = []
     for chunk, path in job.chunks:
-        if not job.force and storage.exists(path):
+        if should_stop is not None and should_stop():
+            result = ChunkResult(key=chunk.key, path=path, status=NOT_RUN,
+                                 error="not started: the run was stopped")
+        elif not job.force and storage.exists(path):
             result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, worker=_worker_name())
         else:
             context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options)
-            result = run_chunk(job.pipeline, chunk, path, storage, context, force=job.force)
+            result = run_chunk(job.pipeline, chunk, path, storage, context, force=job.force,
+                               should_stop=should_stop, watch_stop=watch_stop)
         results.append(result)
         report(result)
     return results

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
@@ -34,11 +35,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
-from distetl.execute import FAILED, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
+from distetl.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
 from distetl.loader import sources_for
 from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
 from distetl.prefect_api import override_settings, publish_chunk_table
+from distetl.stopping import StopSignal
 
 __all__ = ["FlowOutcome", "PackedJob", "run_flow", "split_batches"]
 
@@ -65,30 +67,65 @@ class BatchFailed(Exception):
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="{label}", log_prints=False)
-def run_chunks(job: PackedJob, label: str) -> list[ChunkResult]:
+def run_chunks(job: PackedJob, label: str) -> Any:
     """Run a batch of chunks (extract → transform → write).
 
     With a Dask cluster (the run's client), the batch runs on a worker as a plain
     function and this task, in a driver thread, waits for it; otherwise it runs here.
+    Once the run is stopping, a batch not yet started does not start, a batch on the
+    cluster is cancelled, and the task run ends Cancelled.
+
+    A batch with a failed chunk ends Failed; its results (the committed chunks
+    included) are handed to the flow body through the run's state, not the task's.
 
     Raises:
-        BatchFailed: If any chunk failed (so the task run shows Failed); the exception
-            carries every chunk's result, the committed ones included.
         Exception: Whatever Dask raised if the batch was lost (e.g. ``KilledWorker``).
     """
+    from prefect.states import Cancelled
+
     run = _ACTIVE.get(job.job.topic)
+    if run is not None and run.stop.stopped:
+        return Cancelled(message="not started: the run was stopped")
     client = run.client if run is not None else None
     if client is not None:
         future = client.submit(run_packed, job, key=f"distetl-batch-{uuid.uuid4().hex}", pure=False)
+        run.track(future)
         try:
             results = future.result()
+        except BaseException:
+            if run.stop.stopped:
+                return Cancelled(message="cancelled: the run was stopped; committed chunks stay")
+            raise
         finally:
+            run.untrack(future)
             future.release()
     else:
-        results = run_batch(job.unpack())
-    if any(r.status == FAILED for r in results):
+        stop = run.stop if run is not None else None
+        results = run_batch(job.unpack(), should_stop=(lambda: stop.stopped) if stop is not None else None,
+                            watch_stop=True)
+    if run is not None:
+        run.note_timeouts(results)
+    failed = [r for r in results if r.status == FAILED]
+    if failed and run is None:
         raise BatchFailed(results)
+    if failed:
+        # A Failed state rather than an exception: the task run shows Failed without a
+        # traceback in the log (each chunk's own error is in the report and artifact).
+        from prefect.states import Failed
+
+        run.partial[_batch_id(job.job)] = results
+        return Failed(message=f"{len(failed)} of {len(results)} chunk(s) failed: "
+                      + "; ".join(f"{r.key}: {(r.error or '')[:200]}" for r in failed[:5]))
+    if any(r.status == NOT_RUN for r in results):
+        if run is not None:
+            run.partial[_batch_id(job.job)] = results
+        return Cancelled(message="stopped with the run; committed chunks stay")
     return results
+
+
+def _batch_id(job: BatchJob) -> str:
+    """A batch's identity within its run: its first chunk's key."""
+    return job.chunks[0][0].key if job.chunks else ""
 
 
 def split_batches(items: Sequence[Any], workers: int, chunks_per_task: Optional[int]) -> list[list[Any]]:
@@ -116,6 +153,8 @@ class FlowOutcome:
     flow_run_id: Optional[str] = None
     task_run_ids: list[str] = field(default_factory=list)
     state: str = ""
+    state_message: str = ""
+    restarted_workers: list[str] = field(default_factory=list)
 
 
 def _drain_prefect_workers() -> bool:
@@ -148,6 +187,8 @@ def run_flow(
     on_chunk: Callable[[dict[str, Any]], None],
     flow_run_name: str,
     on_flow_run: Optional[Callable[[str], None]] = None,
+    stop: Optional[StopSignal] = None,
+    restart_hung_workers: bool = True,
 ) -> FlowOutcome:
     """Run the batches as one Prefect flow run and gather the chunk results.
 
@@ -161,6 +202,14 @@ def run_flow(
         flow_run_name: Name of the flow run in Prefect.
         on_flow_run: Called on the driver with the flow run's id as soon as it exists
             (e.g. to record it in the run's lease).
+        stop: The run's stop request (SIGINT/SIGTERM): outstanding batches are cancelled
+            and the flow run ends Cancelled.
+        restart_hung_workers: Restart (through their nannies) the Dask workers left
+            running a chunk that timed out, once the batches are done. False for a
+            local cluster that is closed right after the run anyway.
+
+    The flow run ends Failed when any chunk failed (its message counts them and names
+    the first keys), Cancelled when the run was stopped, Completed otherwise.
     """
     blob = cloudpickle.dumps(pipeline)
     sources = sources_for(blob)
@@ -169,7 +218,8 @@ def run_flow(
     digest = hashlib.sha256(blob + "".join(s.source for s in sources).encode()).hexdigest()
     topic = f"distetl-{uuid.uuid4().hex}"
     packed = [PackedJob(replace(job, topic=topic), blob, digest, sources) for job in jobs]
-    run = _ActiveRun(packed, topic, on_result, on_chunk, FlowOutcome(), on_flow_run=on_flow_run)
+    run = _ActiveRun(packed, topic, on_result, on_chunk, FlowOutcome(), on_flow_run=on_flow_run,
+                     stop=stop or StopSignal(), restart_hung_workers=restart_hung_workers)
     _ACTIVE[topic] = run
     try:
         flow = Flow(
@@ -181,6 +231,7 @@ def run_flow(
     finally:
         _ACTIVE.pop(topic, None)
     run.outcome.state = state.type.value if state else ""
+    run.outcome.state_message = (state.message or "") if state else ""
     _drain_prefect_workers()
     return run.outcome
 
@@ -207,6 +258,41 @@ class _ActiveRun:
     outcome: FlowOutcome
     client: Any = None
     on_flow_run: Optional[Callable[[str], None]] = None
+    stop: StopSignal = field(default_factory=StopSignal)
+    restart_hung_workers: bool = True
+    hung_workers: set[str] = field(default_factory=set)
+    partial: dict[str, list[ChunkResult]] = field(default_factory=dict)
+    _futures: set[Any] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def track(self, future: Any) -> None:
+        """Remember a batch's Dask future until it is done; cancel it at once if the
+        run is already stopping."""
+        with self._lock:
+            self._futures.add(future)
+        if self.stop.stopped:
+            self.cancel_all()
+
+    def untrack(self, future: Any) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def cancel_all(self) -> None:
+        """Cancel every batch still on the cluster (their waiting tasks then end
+        Cancelled); chunks committed so far stay."""
+        with self._lock:
+            futures = list(self._futures)
+        client = self.client
+        if futures and client is not None:
+            try:
+                client.cancel(futures, force=True)
+            except Exception:  # noqa: BLE001 - a closing client: the batches die with it
+                pass
+
+    def note_timeouts(self, results: list[ChunkResult]) -> None:
+        """Remember the workers left running a timed-out chunk's thread."""
+        with self._lock:
+            self.hung_workers.update(r.worker for r in results if r.timed_out and r.worker)
 
 
 _ACTIVE: dict[str, _ActiveRun] = {}
@@ -220,18 +306,23 @@ def _flow_body(run_key: str) -> Callable[[], None]:
     the run key means nothing to a user anyway (the flow run's name says what runs).
     """
 
-    def backfill() -> None:
-        _backfill(run_key)
+    def backfill() -> Any:
+        return _backfill(run_key)
 
     backfill.__doc__ = _backfill.__doc__
     return backfill
 
 
-def _backfill(run_key: str) -> None:
+def _backfill(run_key: str) -> Any:
     """The flow body: submit every batch, gather results as they complete.
 
     On a Dask cluster the batch tasks go to a thread pool on the driver (each hands its
     batch to the cluster); otherwise to the flow's own task runner.
+
+    Returns:
+        The flow run's final state when it is not Completed: Cancelled if the run was
+        stopped, Failed (with a message counting the failed chunks and naming the first
+        keys) if any chunk failed.
     """
     run = _ACTIVE[run_key]
     outcome, topic = run.outcome, run.topic
@@ -246,6 +337,10 @@ def _backfill(run_key: str) -> None:
         client.subscribe_topic(topic, lambda event: on_chunk(event[1]))
     else:
         _LOCAL_LISTENERS[topic] = lambda r: on_chunk({"key": r.key, "status": r.status, "rows": r.rows})
+    # Prefect's flow engine installs a SIGTERM handler of its own for the flow run (it
+    # raises in this thread, which would then wait forever on a hung batch): take it back.
+    run.stop.reinstall()
+    run.stop.on_stop(run.cancel_all)
     try:
         if client is not None:
             from prefect.task_runners import ThreadPoolTaskRunner
@@ -254,6 +349,8 @@ def _backfill(run_key: str) -> None:
             run.client = client
             with ThreadPoolTaskRunner(max_workers=max(1, min(len(run.jobs), IN_FLIGHT_PER_THREAD * threads))) as pool:
                 _gather(run, lambda job: pool.submit(run_chunks, {"job": job, "label": job.job.label()}))
+            if run.hung_workers and run.restart_hung_workers and not run.stop.stopped:
+                run.outcome.restarted_workers = _restart(client, sorted(run.hung_workers))
         else:
             _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()))
         publish_chunk_table(run.jobs[0].job.pipeline.name if run.jobs else "distetl", run.outcome.results)
@@ -262,6 +359,32 @@ def _backfill(run_key: str) -> None:
         _LOCAL_LISTENERS.pop(topic, None)
         if client is not None:
             client.unsubscribe_topic(topic)
+    return _final_state(run)
+
+
+def _final_state(run: _ActiveRun) -> Any:
+    """Cancelled if the run was stopped, Failed if a chunk failed, else None (Completed)."""
+    from prefect.states import Cancelled, Failed
+
+    failed = [r.key for r in run.outcome.results if r.status == FAILED]
+    if run.stop.stopped:
+        return Cancelled(message=(
+            f"stopped by {run.stop.name}: committed chunks stay ({len(failed)} failed before the stop); "
+            "rerun to do the rest"))
+    if failed:
+        first = ", ".join(failed[:5]) + (", …" if len(failed) > 5 else "")
+        return Failed(message=f"{len(failed)} of {len(run.outcome.results)} chunk(s) failed: {first}")
+    return None
+
+
+def _restart(client: Any, workers: list[str]) -> list[str]:
+    """Restart workers through their nannies (a thread stuck in a timed-out chunk holds
+    a worker slot until its process ends). Returns the workers restarted."""
+    try:
+        answer = client.restart_workers(workers, timeout=60, raise_for_error=False)
+    except Exception:  # noqa: BLE001 - e.g. workers without a nanny: say nothing restarted
+        return []
+    return sorted(w for w, status in (answer or {}).items() if status == "OK")
 
 
 def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any]) -> None:
@@ -274,19 +397,26 @@ def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any]) -> None:
         run.outcome.task_run_ids.append(str(future.task_run_id))
     for future in as_completed(list(futures)):
         job = futures.pop(future)
-        for result in _results_of(future, job.job):
+        for result in run.partial.pop(_batch_id(job.job), None) or _results_of(future, job.job, run.stop.stopped):
             result.task_run_id = str(future.task_run_id)
             run.outcome.results.append(result)
             run.on_result(result)
         del future
 
 
-def _results_of(future: Any, job: BatchJob) -> list[ChunkResult]:
-    """The chunk results of a finished batch future, whatever became of it."""
+def _results_of(future: Any, job: BatchJob, stopped: bool = False) -> list[ChunkResult]:
+    """The chunk results of a finished batch future, whatever became of it.
+
+    A batch that ended with the run's stop reports its chunks as not run (the driver
+    then counts those its workers committed, from their progress events).
+    """
     future.wait()
     state = future.state
     if state.is_completed():
         return list(future.result())
+    if state.is_cancelled() or (stopped and not state.is_failed()):
+        return [ChunkResult(key=c.key, path=p, status=NOT_RUN, error="not run: the run was stopped")
+                for c, p in job.chunks]
     exc: Any = None
     if state.is_final():
         try:

@@ -10,7 +10,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from distetl.execute import FAILED, SKIPPED, WRITTEN, ChunkResult
+from distetl.execute import FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
 from distetl.storage import Storage, redact
 
 __all__ = ["RunReport", "manifest_dir"]
@@ -39,12 +39,21 @@ class RunReport:
     plan_seconds: float = 0.0
     flow_run_id: Optional[str] = None
     flow_state: Optional[str] = None
+    flow_state_message: Optional[str] = None
+    interrupted: Optional[str] = None
+    restarted_workers: list[str] = field(default_factory=list)
     prefect_api: Optional[str] = None
     task_runs: int = 0
     task_runs_recorded: Optional[int] = None
     dry_run: bool = False
     manifest_path: Optional[str] = None
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The lease this run took over from a run that was gone (see distetl.lease), if any.
+    lease_taken_over_from: Optional[dict[str, Any]] = None
+    #: Flow runs of gone runs this run marked Crashed in Prefect.
+    crashed_runs_marked: list[str] = field(default_factory=list)
+    #: Temp files of killed writes beside this run's targets that it removed.
+    leftovers_removed: int = 0
 
     def _count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -63,6 +72,11 @@ class RunReport:
         return [r for r in self.results if r.status == FAILED]
 
     @property
+    def not_run(self) -> int:
+        """Chunks left for the rerun because the run was stopped."""
+        return self._count(NOT_RUN)
+
+    @property
     def rows(self) -> int:
         return sum(r.rows for r in self.results)
 
@@ -72,14 +86,15 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["storage_options"] = redact(self.storage_options)
         data["summary"] = {
             "total": self.total, "written": self.written, "skipped": self.skipped,
-            "failed": len(self.failed), "rows": self.rows, "bytes": self.bytes,
+            "failed": len(self.failed), "not_run": self.not_run, "interrupted": self.interrupted,
+            "rows": self.rows, "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds else None,
         }

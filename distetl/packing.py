@@ -7,7 +7,7 @@ distetl's execution code, pandas and pyarrow, never the orchestration layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import cloudpickle
 
@@ -62,32 +62,44 @@ class BatchAbandoned(RuntimeError):
 def run_packed(job: PackedJob) -> list[ChunkResult]:
     """Run a packed batch in this process (the function Dask workers run).
 
-    On a Dask worker the batch stops before its next chunk once the scheduler has
-    cancelled it (its client -- the driver -- is gone), so an orphaned batch commits at
-    most the chunk it was writing.
+    On a Dask worker the batch stops once the scheduler has cancelled it (the run was
+    stopped, or its client -- the driver -- is gone): a chunk computing then commits
+    nothing, and the chunks not started stay missing for the rerun.
     """
-    return run_batch(job.unpack(), report=_reporter(job.job.topic))
+    cancelled = _cancelled_check()
+    return run_batch(job.unpack(), report=_reporter(job.job.topic, cancelled), should_stop=cancelled)
 
 
-def _reporter(topic: str) -> Callable[[ChunkResult], None]:
-    """Progress reporter that also raises :class:`BatchAbandoned` once this batch's
-    Dask task was cancelled."""
-    send = _default_reporter(topic)
+def _cancelled_check() -> Optional[Callable[[], bool]]:
+    """On a Dask worker, a function telling whether the current task was cancelled."""
     try:
         from distributed import get_worker
 
         worker = get_worker()
         key = worker.get_current_task()
     except (ImportError, ValueError):
+        return None
+
+    def cancelled() -> bool:
+        state = worker.state.tasks.get(key)
+        return state is None or state.state in ("cancelled", "released", "forgotten")
+
+    return cancelled
+
+
+def _reporter(topic: str, cancelled: Optional[Callable[[], bool]]) -> Callable[[ChunkResult], None]:
+    """Progress reporter that also raises :class:`BatchAbandoned` once this batch's
+    Dask task was cancelled."""
+    send = _default_reporter(topic)
+    if cancelled is None:
         return send
 
     def report(result: ChunkResult) -> None:
         send(result)
-        state = worker.state.tasks.get(key)
-        if state is None or state.state in ("cancelled", "released", "forgotten"):
+        if cancelled():
             raise BatchAbandoned(
-                f"batch {key} stopped after chunk {result.key}: the scheduler cancelled it "
-                "(its driver disconnected); the rest of its chunks are left for the rerun"
+                f"batch stopped after chunk {result.key}: the scheduler cancelled it "
+                "(its run stopped or its driver disconnected); the rest of its chunks are left for the rerun"
             )
 
     return report

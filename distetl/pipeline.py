@@ -39,6 +39,9 @@ class Pipeline:
         schema: Optional pyarrow schema every output is cast to.
         retries: Times a failing chunk is retried before it counts as failed.
         retry_delay_seconds: Pause between tries.
+        timeout_seconds: Time limit of one try of one chunk (extract, transform and
+            serialisation); past it the try fails with a timeout and is retried like any
+            failure. None: no limit. ``distetl run --chunk-timeout`` overrides it.
         compression: Parquet compression codec.
     """
 
@@ -50,6 +53,7 @@ class Pipeline:
     schema: Optional[pa.Schema] = None
     retries: int = 0
     retry_delay_seconds: float = 0.0
+    timeout_seconds: Optional[float] = None
     compression: str = "snappy"
     description: str = field(default="", compare=False)
 
@@ -67,6 +71,14 @@ class Pipeline:
             raise ConfigError("a pyarrow.Schema", type(self.schema).__name__, "pass pa.schema([...])")
         if self.retries < 0:
             raise ConfigError("retries >= 0", str(self.retries), "pass 0 or more")
+        if self.timeout_seconds is not None and not (
+            isinstance(self.timeout_seconds, (int, float)) and self.timeout_seconds > 0
+        ):
+            raise ConfigError(
+                "a chunk time limit above 0 seconds (timeout_seconds / --chunk-timeout)",
+                repr(self.timeout_seconds), "pass e.g. timeout_seconds=600, or None for no limit",
+                where=f"pipeline {self.name}",
+            )
         TargetTemplate(self.target)
 
     def with_options(self, **changes: Any) -> "Pipeline":

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlparse
 
 from distetl.errors import ClusterError, ConfigError
 
-__all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "probe_cluster"]
+__all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "local_cluster", "probe_cluster"]
 
 SCHEDULER_ENV = "DISTETL_SCHEDULER"
 RUNNERS = ("local", "remote", "sequential")
@@ -175,7 +176,7 @@ class RunnerSpec:
                 client_kwargs={"timeout": f"{self.connect_timeout}s"},
             )
         return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
+            cluster_class=local_cluster,
             cluster_kwargs={
                 "n_workers": self.n_workers,
                 "threads_per_worker": 1,
@@ -191,6 +192,29 @@ class RunnerSpec:
         if self.kind == "remote":
             return f"remote Dask scheduler {self.address}"
         return "sequential (one thread)"
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A ``distributed.LocalCluster`` whose worker processes ignore the terminal's Ctrl-C.
+
+    Ctrl-C signals the terminal's whole process group; worker processes would each die
+    of it with a traceback while the driver is still stopping the run cleanly (see
+    :mod:`distetl.stopping`), and the driver closes them itself. SIGINT is ignored in the
+    driver while the cluster spawns its processes, which inherit that disposition (a
+    signal mask is not inherited through the spawn); the driver's handler is restored
+    right after, so a Ctrl-C during the cluster's start-up (a second or two) is lost.
+    """
+    import signal
+
+    from distributed import LocalCluster
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return LocalCluster(**kwargs)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 # -- the pre-flight check of a remote cluster ---------------------------------------------
