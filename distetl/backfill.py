@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from rich.console import Console
 
 from distetl.chunks import Chunk
 from distetl.errors import ConfigError
-from distetl.execute import FAILED, SKIPPED, WRITTEN, BatchJob, ChunkResult
+from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
+from distetl.lease import RunLease, TakenOver, parse_time
+from distetl.leftovers import remove_leftovers
 from distetl.manifest import RunReport, now_iso
-from distetl.partitions import check_schema
+from distetl.partitions import check_schema, dataset_root
 from distetl.pipeline import Pipeline
 from distetl.plans import Plan
 from distetl.prefect_api import quiet_prefect_env
 from distetl.runners import RunnerSpec
+from distetl.stopping import RunInterrupted, StopSignal
+from distetl.graph import StageGraph, StagePlan, check_distinct_paths, decide
+from distetl.mappings import UpstreamKeys, resolve_inputs
 from distetl.targets import Targets
 
 __all__ = ["PlannedRun", "plan", "run", "status"]
@@ -25,27 +32,80 @@ __all__ = ["PlannedRun", "plan", "run", "status"]
 
 @dataclass
 class PlannedRun:
-    """A rendered plan: every chunk with its target, and which are committed."""
+    """A rendered plan: every selected stage's chunks with their targets, which are
+    committed, and which must run.
+
+    Attributes:
+        pipeline: The pipeline.
+        stages: The selected stages' plans, upstream first.
+        need: Stage name → indexes of the chunks that run.
+        output: The output root, normalised.
+        seconds: Planning time.
+    """
 
     pipeline: Pipeline
-    plan: Plan
-    targets: Targets
-    chunks: list[Chunk]
-    paths: list[str]
-    committed: set[str] = field(default_factory=set)
+    stages: list[StagePlan]
+    need: dict[str, list[int]]
+    output: str
     seconds: float = 0.0
+
+    # -- the first (for a one-stage pipeline, the only) stage ----------------------------
+
+    @property
+    def targets(self) -> Targets:
+        """The first stage's targets (every stage shares the output root and storage)."""
+        return self.stages[0].targets
+
+    @property
+    def plan(self) -> Plan:
+        """The first root stage's plan."""
+        return next(p.stage.plan for p in self.stages if p.stage.plan is not None)
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return [c for p in self.stages for c in p.chunks]
+
+    @property
+    def paths(self) -> list[str]:
+        return [x for p in self.stages for x in p.paths]
+
+    @property
+    def committed(self) -> set[str]:
+        """Target paths that exist (every selected stage)."""
+        return {p.paths[i] for p in self.stages for i in p.committed}
+
+    @property
+    def total(self) -> int:
+        return sum(len(p.chunks) for p in self.stages)
+
+    @property
+    def to_run(self) -> int:
+        return sum(len(v) for v in self.need.values())
 
     @property
     def todo(self) -> list[tuple[Chunk, str]]:
-        return [(c, p) for c, p in zip(self.chunks, self.paths) if p not in self.committed]
+        """Every chunk that runs with its target, upstream stages first."""
+        return [(p.chunks[i], p.paths[i]) for p in self.stages for i in self.need[p.name]]
 
     @property
     def missing_keys(self) -> list[str]:
-        return [c.key for c, p in zip(self.chunks, self.paths) if p not in self.committed]
+        return [c.key for p in self.stages for i, c in enumerate(p.chunks) if i not in p.committed]
 
     @property
     def committed_keys(self) -> list[str]:
-        return [c.key for c, p in zip(self.chunks, self.paths) if p in self.committed]
+        return [p.chunks[i].key for p in self.stages for i in sorted(p.committed)]
+
+    def stage_counts(self) -> list[dict[str, Any]]:
+        """Per stage: total, committed, missing, to run, and committed chunks that run
+        again (``--force``) -- for ``--dry-run``, ``status`` and the report."""
+        out = []
+        for p in self.stages:
+            need = self.need[p.name]
+            again = sum(1 for i in need if i in p.committed)
+            out.append({"name": p.name, "total": len(p.chunks), "committed": len(p.committed),
+                        "missing": len(p.chunks) - len(p.committed), "to_run": len(need),
+                        "committed_to_run": again})
+        return out
 
 
 def plan(
@@ -54,15 +114,21 @@ def plan(
     params: Optional[Mapping[str, Any]] = None,
     storage_options: Optional[Mapping[str, Any]] = None,
     force: bool = False,
+    stages: Optional[Sequence[str]] = None,
 ) -> PlannedRun:
     """Render every chunk's target and find the committed ones, before any compute.
+
+    One listing per stage finds its committed chunks (no request per chunk). Then
+    :func:`distetl.graph.decide` says what runs.
 
     Args:
         pipeline: The pipeline.
         output: Output root (``{output}`` in the template), local path or URL.
-        params: Plan parameter overrides (``{"start": "2013-02-01"}``).
+        params: Plan parameter overrides (``{"start": "2013-02-01"}``), applied to every
+            stage whose plan has that parameter.
         storage_options: fsspec options for the output and file plans.
-        force: Treat every chunk as missing.
+        force: Run every chunk of the selected stages, committed or not.
+        stages: Run only these stages and what they need (default: all).
 
     Raises:
         PlanError, ConfigError, StorageError: On anything knowable at plan time.
@@ -70,14 +136,46 @@ def plan(
     if not output:
         raise ConfigError("an output root", "nothing", "pass --output ./output or s3://bucket/prefix")
     started = time.perf_counter()
-    the_plan = pipeline.plan.with_params(**(params or {}))
-    targets = Targets(pipeline.target, output, storage_options)
-    targets.storage.check_root(targets.output)
-    chunks = the_plan.chunks(storage_options)
-    paths = targets.render(chunks)
-    check_schema(targets.template, pipeline.schema, chunks, paths, targets.output)
-    committed = set() if force else targets.committed(paths)
-    return PlannedRun(pipeline, the_plan, targets, chunks, paths, committed, time.perf_counter() - started)
+    graph = StageGraph(pipeline.all_stages)
+    names = graph.select(stages) if stages else graph.names
+    params = dict(params or {})
+    _check_params(pipeline, params)
+    plans: dict[str, StagePlan] = {}
+    for name in names:
+        stage = graph.by_name[name]
+        targets = Targets(stage.target, output, storage_options)
+        if not plans:
+            targets.storage.check_root(targets.output)
+        inputs = None
+        if stage.plan is not None:
+            accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
+            chunks = stage.plan.with_params(**accepted).chunks(storage_options)
+        else:
+            chunks = stage.mapping.downstream_chunks(plans[stage.upstream].chunks)
+        if stage.upstream is not None:
+            upstream = plans[stage.upstream]
+            inputs = resolve_inputs(stage.mapping, chunks, UpstreamKeys.from_chunks(upstream.chunks),
+                                    stage.name, upstream.name)
+        paths = targets.render(chunks)
+        check_schema(targets.template, stage.schema, chunks, paths, targets.output)
+        present = targets.committed(paths)
+        committed = {i for i, path in enumerate(paths) if path in present}
+        plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets)
+    ordered = list(plans.values())
+    check_distinct_paths(ordered)
+    need = decide(ordered, force)
+    return PlannedRun(pipeline, ordered, need, ordered[0].targets.output, time.perf_counter() - started)
+
+
+def _check_params(pipeline: Pipeline, params: Mapping[str, Any]) -> None:
+    """Every plan parameter override must belong to some stage's plan."""
+    known = {n for s in pipeline.all_stages if s.plan is not None for n in s.plan.param_names()}
+    for name in params:
+        if name not in known:
+            raise ConfigError(
+                f"a plan parameter of this pipeline ({', '.join('--' + n.replace('_', '-') for n in sorted(known))})",
+                f"--{name.replace('_', '-')}", "drop the option or use one of the listed ones",
+            )
 
 
 def status(
@@ -85,9 +183,11 @@ def status(
     output: str,
     params: Optional[Mapping[str, Any]] = None,
     storage_options: Optional[Mapping[str, Any]] = None,
+    stages: Optional[Sequence[str]] = None,
 ) -> PlannedRun:
-    """Which chunks are committed and which are missing (no compute, no cluster)."""
-    return plan(pipeline, output, params, storage_options)
+    """Which chunks are committed and which are missing, per stage (no compute, no
+    cluster)."""
+    return plan(pipeline, output, params, storage_options, stages=stages)
 
 
 def run(
@@ -105,6 +205,7 @@ def run(
     console: Optional[Console] = None,
     progress: bool = False,
     record_timeout: float = 120.0,
+    stages: Optional[Sequence[str]] = None,
 ) -> RunReport:
     """Run a backfill: plan, skip committed chunks, run the rest as one Prefect flow.
 
@@ -123,31 +224,47 @@ def run(
         console: Where progress and messages go.
         progress: Show the live progress display.
         record_timeout: Seconds to wait for Prefect to record every task run.
+        stages: Run only these stages and what they need (default: every stage).
 
     Returns:
         The run report; ``report.ok`` is False if any chunk failed.
+
+    Raises:
+        RunInterrupted: After a SIGINT or SIGTERM (a ``KeyboardInterrupt``): the run
+            cancelled its outstanding batches, kept its committed chunks, marked its flow
+            run Cancelled and wrote its manifest (``exc.report``). A second signal ends
+            the process at once.
     """
     quiet_prefect_env()
     console = console or Console(stderr=True, quiet=not progress)
     started = time.perf_counter()
     spec = runner if isinstance(runner, RunnerSpec) else RunnerSpec.from_options(runner, workers, scheduler)
-    planned = plan(pipeline, output, params, storage_options, force)
-    facts = spec.check(planned.pipeline if planned.todo and not dry_run else None)
+    planned = plan(pipeline, output, params, storage_options, force, stages)
+    facts = spec.check(planned.pipeline if planned.to_run and not dry_run else None)
+    counts = planned.stage_counts()
     report = RunReport(
         pipeline=pipeline.name, output=planned.targets.output, runner=spec.describe(),
         run_id=uuid.uuid4().hex, started_at=now_iso(), plan=planned.plan.describe(),
-        total=len(planned.chunks), to_run=len(planned.todo),
-        already_committed=len(planned.committed), plan_seconds=planned.seconds,
-        dry_run=dry_run, storage_options=dict(storage_options or {}),
+        total=planned.total, to_run=planned.to_run,
+        already_committed=sum(c["committed"] - c["committed_to_run"] for c in counts),
+        plan_seconds=planned.seconds, dry_run=dry_run, storage_options=dict(storage_options or {}),
+        stages=counts,
     )
     if dry_run:
         report.seconds = time.perf_counter() - started
         return report
-    if planned.todo:
-        _execute(planned, spec, report, force, chunks_per_task, console, progress, record_timeout,
-                 dict(storage_options or {}), facts.threads if facts else None)
-    report.seconds = time.perf_counter() - started
-    report.write_manifest(planned.targets.storage)
+    with _hold_lease(planned, report, console) as lease, StopSignal(on_second=lambda signum: console.print(
+            f"[red]second {'SIGINT' if signum == signal.SIGINT else 'SIGTERM'}[/]: exiting at once; "
+            "committed chunks stay; rerun to do the rest")) as stop:
+        if planned.to_run and not stop.stopped:
+            _execute(planned, spec, report, force, chunks_per_task, console, progress, record_timeout,
+                     dict(storage_options or {}), facts.threads if facts else None, stop,
+                     on_flow_run=lease.set_flow_run)
+        report.interrupted = stop.name
+        report.seconds = time.perf_counter() - started
+        report.write_manifest(planned.targets.storage)
+    if stop.stopped:
+        raise RunInterrupted(report, stop.signum or signal.SIGINT)
     return report
 
 
@@ -155,54 +272,182 @@ def _execute(
     planned: PlannedRun, spec: RunnerSpec, report: RunReport, force: bool,
     chunks_per_task: Optional[int], console: Console, show: bool, record_timeout: float,
     storage_options: dict[str, Any], cluster_threads: Optional[int] = None,
+    stop: Optional[StopSignal] = None, on_flow_run: Optional[Callable[[str], None]] = None,
 ) -> None:
-    from distetl.flow import run_flow, split_batches
+    from distetl.dispatch import Dispatcher
+    from distetl.flow import run_flow
     from distetl.prefect_api import prefect_api, wait_for_task_runs
     from distetl.progress import LiveProgress
 
-    output = planned.targets.output
+    output = planned.output
     workers = spec.n_workers if spec.kind == "local" else (1 if spec.kind == "sequential" else cluster_threads or 8)
-    batches = split_batches(planned.todo, workers, chunks_per_task)
-    jobs = [BatchJob(planned.pipeline, batch, output, storage_options, force) for batch in batches]
-    landed: dict[str, dict[str, Any]] = {}
-    live = LiveProgress(console, len(planned.chunks), len(planned.committed), enabled=show)
+    plans = {p.name: p for p in planned.stages}
+    records = {p.name: _record_base(planned.pipeline.name, p.stage, report.run_id) for p in planned.stages}
+    landed: dict[tuple[str, str], dict[str, Any]] = {}
+    storage = planned.targets.storage
+
+    def make_job(plan: StagePlan, indexes: list[int]) -> BatchJob:
+        inputs = input_root = None
+        if plan.inputs is not None and plan.stage.upstream in plans:
+            upstream = plans[plan.stage.upstream]
+            inputs = [[upstream.paths[u] for u in plan.inputs[i]] for i in indexes]
+            input_root = dataset_root(upstream.stage.target, output)
+        elif plan.inputs is not None:
+            raise ConfigError(f"stage {plan.stage.upstream!r} planned with {plan.name!r}", "not selected",
+                              "report this: the stage selection lost an upstream stage")
+        return BatchJob(planned.pipeline, [(plan.chunks[i], plan.paths[i]) for i in indexes], output,
+                        storage_options, force, stage=plan.name, inputs=inputs, input_root=input_root,
+                        record=records[plan.name])
+
+    class _Source(Dispatcher):
+        def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
+            for n, result in enumerate(results):
+                results[n] = _reconcile(result, landed.get((job.stage, result.key)), storage)
+            super().done(job, results)
+
+    source = _Source(planned.stages, planned.need, make_job, workers, chunks_per_task)
+    live = LiveProgress(console, planned.stage_counts(), enabled=show)
 
     def on_chunk(event: dict[str, Any]) -> None:
-        landed.setdefault(event["key"], event)
+        landed.setdefault((event.get("stage") or "", event["key"]), event)
         live.chunk(event)
 
     def on_result(result: ChunkResult) -> None:
-        live.chunk({"key": result.key, "status": result.status, "rows": result.rows})
+        live.chunk({"key": result.key, "status": result.status, "rows": result.rows, "stage": result.stage})
 
     with prefect_api() as api_url:
         report.prefect_api = api_url
         with live:
             outcome = run_flow(
-                planned.pipeline, jobs, spec.task_runner(), on_result, on_chunk,
-                flow_run_name=f"{planned.pipeline.name} · {len(planned.todo)} chunks",
+                planned.pipeline, source, spec.task_runner(), on_result, on_chunk,
+                flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
+                stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=on_flow_run,
             )
+            for (name, index), cause in source.blocked.items():
+                live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED})
         report.task_runs = len(outcome.task_run_ids)
         report.task_runs_recorded = wait_for_task_runs(outcome.task_run_ids, timeout=record_timeout)
     report.flow_run_id = outcome.flow_run_id
     report.flow_state = outcome.state
-    results = {r.key: r for r in outcome.results}
-    for chunk, path in planned.todo:
-        result = results.get(chunk.key)
-        event = landed.get(chunk.key)
-        if result is not None and result.status == SKIPPED and event and event.get("status") == WRITTEN:
-            # Committed by this run in an attempt that was lost (its worker died after the
-            # commit); the rerun of the batch found the file and skipped it.
-            result = replace(result, status=WRITTEN, rows=int(event.get("rows") or 0))
-        elif result is None or (result.status == FAILED and event and event.get("status") == WRITTEN):
-            # The batch was lost (e.g. a worker died) after this chunk had committed.
-            status = event["status"] if event else FAILED
-            result = ChunkResult(
-                key=chunk.key, path=path, status=status, rows=int((event or {}).get("rows") or 0),
-                error=None if event else "no result came back (worker or task lost); rerun to redo it",
-                task_run_id=result.task_run_id if result is not None else None,
-            )
-        if result.status == FAILED and not result.worker and planned.targets.storage.exists(path):
-            # Lost with its batch (no worker reported it), yet committed: its progress
-            # event died with the worker. Done, so not failed; not known to be ours.
-            result = replace(result, status=SKIPPED, error=None)
-        report.results.append(result)
+    report.flow_state_message = outcome.state_message
+    report.restarted_workers = outcome.restarted_workers
+    results = {(r.stage, r.key): r for r in outcome.results}
+    stopped = stop is not None and stop.stopped
+    for plan in planned.stages:
+        for i in planned.need[plan.name]:
+            chunk, path = plan.chunks[i], plan.paths[i]
+            result = results.get((plan.name, chunk.key))
+            if result is None:
+                result = _missing_result(plan.name, chunk.key, path, landed.get((plan.name, chunk.key)),
+                                         source.blocked.get((plan.name, i)), stopped)
+            report.results.append(result)
+    if stopped:
+        _settle_not_run(report, planned)
+
+
+def _record_base(pipeline: str, stage: Any, run_id: str) -> dict[str, Any]:
+    """What every chunk record of a stage shares (see :data:`distetl.execute.RECORD_KEY`)."""
+    from distetl import __version__
+
+    from distetl.codeversion import code_version
+
+    version = stage.version or code_version(
+        stage.extract, stage.transform,
+        extra={"target": stage.target, "schema": str(stage.schema), "compression": stage.compression},
+    )
+    return {"pipeline": pipeline, "stage": stage.name, "version": version, "run_id": run_id,
+            "distetl": __version__}
+
+
+def _reconcile(result: ChunkResult, event: Optional[dict[str, Any]], storage: Any) -> ChunkResult:
+    """A chunk's result corrected by its worker's progress event: a batch lost after a
+    chunk committed (its worker died) reports it failed or not run, and a rerun of the
+    batch reports it skipped; the event says this run committed it."""
+    if event and event.get("status") == WRITTEN and result.status in (SKIPPED, FAILED, NOT_RUN):
+        return replace(result, status=WRITTEN, rows=int(event.get("rows") or 0), error=None)
+    if result.status == FAILED and not result.worker and storage.exists(result.path):
+        # Lost with its batch (no worker reported it), yet committed: its progress
+        # event died with the worker. Done, so not failed; not known to be ours.
+        return replace(result, status=SKIPPED, error=None)
+    return result
+
+
+def _missing_result(stage: str, key: str, path: str, event: Optional[dict[str, Any]],
+                    blocked_by: Optional[str], stopped: bool) -> ChunkResult:
+    """The result of a chunk that runs but no batch reported: blocked by a failed input,
+    not run because the run stopped, committed by a lost batch, or lost."""
+    if event is not None and event.get("status") == WRITTEN:
+        return ChunkResult(key=key, path=path, status=WRITTEN, stage=stage, rows=int(event.get("rows") or 0))
+    if blocked_by is not None:
+        return ChunkResult(key=key, path=path, status=BLOCKED, stage=stage,
+                           error=f"blocked: its input {blocked_by} failed; rerun after fixing that chunk")
+    if stopped:
+        return ChunkResult(key=key, path=path, status=NOT_RUN, stage=stage, error="not run: the run was stopped")
+    return ChunkResult(key=key, path=path, status=FAILED, stage=stage,
+                       error="no result came back (worker or task lost); rerun to redo it")
+
+
+def _settle_not_run(report: RunReport, planned: PlannedRun) -> None:
+    """After a stop (its cluster closed, so nothing commits any more), find with one
+    listing the chunks reported not run whose targets exist: a worker committed them as
+    the run stopped, and their progress event was lost with the cluster."""
+    not_run = [i for i, r in enumerate(report.results) if r.status == NOT_RUN]
+    if not not_run:
+        return
+    present = planned.targets.committed([report.results[i].path for i in not_run])
+    for i in not_run:
+        if report.results[i].path in present:
+            report.results[i] = replace(report.results[i], status=WRITTEN, error=(
+                "committed as the run stopped; its row count was not reported"))
+
+
+@contextlib.contextmanager
+def _hold_lease(planned: PlannedRun, report: RunReport, console: Console) -> Iterator[RunLease]:
+    """Hold the output's run lease for the block: one run per pipeline and output.
+
+    On entry: take the lease (a live holder is a ConfigError, exit code 2). If it was
+    taken over from a run that is gone, say so and mark that run's flow run Crashed in
+    Prefect (the API then stays up for the block, so this run's flow reuses it). Remove
+    the temp files killed writes left beside this run's targets. On exit: release it.
+    """
+    targets = planned.targets
+    with RunLease(targets.storage, targets.output, planned.pipeline.name, report.run_id,
+                  started_at=report.started_at) as lease, contextlib.ExitStack() as stack:
+        taken = lease.taken_over
+        if taken is not None:
+            console.print(f"[yellow]{taken.message()}[/]", highlight=False, soft_wrap=True)
+            report.lease_taken_over_from = taken.to_dict()
+            if taken.previous.flow_run_id:
+                _mark_crashed(taken, report, console, stack)
+        since = parse_time(report.started_at)
+        report.leftovers_removed = sum(  # each stage's listing at plan time saw its hidden files
+            remove_leftovers(p.targets.storage, p.paths, since, p.targets.hidden, p.targets.listing_root())
+            for p in planned.stages)
+        yield lease
+
+
+def _mark_crashed(taken: TakenOver, report: RunReport, console: Console, stack: contextlib.ExitStack) -> None:
+    """Mark the flow run of the gone run whose lease was taken over Crashed, keeping the
+    Prefect API up in ``stack`` for the rest of the run; a failure is reported, never fatal."""
+    from distetl.prefect_api import mark_crashed, prefect_api
+
+    previous = taken.previous
+    flow_run, owner = previous.flow_run_id, previous.run_id[:8]
+    try:
+        api_url = stack.enter_context(prefect_api())
+        state, task_runs = mark_crashed(flow_run, f"driver gone ({taken.reason}); marked by run {report.run_id[:8]}")
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of another run must not stop this one
+        console.print(f"[yellow]could not mark flow run {flow_run} of run {owner} Crashed[/]: "
+                      f"{type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        return
+    if state is None:
+        elsewhere = f" (it was recorded at {previous.prefect_api})" if previous.prefect_api != api_url else ""
+        console.print(f"flow run {flow_run} of run {owner} is not in the Prefect API at {api_url}{elsewhere}; "
+                      "left as it is", highlight=False, soft_wrap=True)
+    elif task_runs is None:
+        console.print(f"flow run {flow_run} of run {owner} had already ended ({state}); left as it is",
+                      highlight=False, soft_wrap=True)
+    else:
+        report.crashed_runs_marked.append(flow_run)
+        console.print(f"[yellow]marked flow run {flow_run} of run {owner} Crashed[/] (was {state}; "
+                      f"{task_runs} unfinished task run(s) marked Crashed too)", highlight=False, soft_wrap=True)

@@ -35,6 +35,8 @@ def _base_parser() -> argparse.ArgumentParser:
         p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                        help="fsspec storage option, repeatable (e.g. endpoint_url=http://127.0.0.1:9000)")
         p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+        p.add_argument("--stage", action="append", default=None, metavar="NAME",
+                       help="only this stage and the stages it needs (repeatable)")
         if name == "run":
             p.add_argument("--runner", choices=["local", "remote", "sequential"], default=None,
                            help="local Dask cluster (default), remote scheduler, or sequential baseline")
@@ -63,13 +65,16 @@ def _base_parser() -> argparse.ArgumentParser:
 
 
 def _plan_params(pipeline: Any, extra: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    group = argparse.ArgumentParser(prog=f"distetl run FLOW (plan {type(pipeline.plan).__name__})", add_help=False)
-    for name in pipeline.plan.param_names():
+    plans = [s.plan for s in pipeline.all_stages if s.plan is not None]
+    names = list(dict.fromkeys(n for p in plans for n in p.param_names()))
+    group = argparse.ArgumentParser(prog="distetl run FLOW (plan parameters)", add_help=False)
+    for name in names:
+        default = next(getattr(p, name) for p in plans if name in p.param_names())
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                           help=f"plan parameter (default {getattr(pipeline.plan, name)!r})")
+                           help=f"plan parameter (default {default!r})")
     known, unknown = group.parse_known_args(list(extra))
     if unknown:
-        options = ", ".join(f"--{n.replace('_', '-')}" for n in pipeline.plan.param_names())
+        options = ", ".join(f"--{n.replace('_', '-')}" for n in names)
         raise DistetlError(
             f"options of distetl or of the plan ({options})", " ".join(unknown),
             "check the spelling; `distetl run --help` lists distetl's options",
@@ -110,7 +115,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     params = _plan_params(pipeline, extra, None)
     options = parse_storage_options(args.storage_option)
     if args.command == "status":
-        planned = backfill.status(pipeline, args.output, params, options)
+        planned = backfill.status(pipeline, args.output, params, options, stages=args.stage)
         return _print_status(planned, args, console)
     changes = {}
     if args.retries is not None:
@@ -133,6 +138,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         report = backfill.run(
             pipeline, args.output, runner=spec, force=args.force, dry_run=args.dry_run, params=params,
             storage_options=options, chunks_per_task=args.chunks_per_task, console=console, progress=show,
+            stages=args.stage,
         )
     except RunInterrupted as stopped:
         if args.json:
@@ -145,7 +151,10 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=1))
     elif args.dry_run:
-        console.print(f"chunks: total {report.total}, to run {report.to_run}, to skip {report.already_committed}")
+        for stage in report.stages if len(report.stages) > 1 else []:
+            console.print(f"stage {stage['name']}: total {stage['total']}, committed {stage['committed']}, "
+                          f"to run {stage['to_run']}")
+        console.print(f"chunks: total {report.total}, to run {report.to_run}, to skip {report.total - report.to_run}")
     else:
         _print_report(report, console)
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -173,14 +182,24 @@ def _print_report(report: Any, console: Console) -> None:
 
 
 def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> int:
-    committed, missing = planned.committed_keys, planned.missing_keys
+    counts = planned.stage_counts()
+    missing = [(p.name, c.key) for p in planned.stages for i, c in enumerate(p.chunks) if i not in p.committed]
     if args.json:
-        print(json.dumps({"total": len(planned.chunks), "committed": committed, "missing": missing}, indent=1))
+        stages = []
+        for p, c in zip(planned.stages, counts):
+            stages.append({"name": c["name"], "total": c["total"], "committed": c["committed"],
+                           "missing": c["missing"], "to_run": c["to_run"],
+                           "missing_keys": [k.key for i, k in enumerate(p.chunks) if i not in p.committed][:1000]})
+        print(json.dumps({"pipeline": planned.pipeline.name, "total": planned.total,
+                          "committed": planned.committed_keys, "missing": [k for _, k in missing],
+                          "stages": stages}, indent=1))
     else:
-        console.print(f"{planned.pipeline.name}: {len(committed)} of {len(planned.chunks)} chunks committed "
-                      f"under {planned.targets.output}; {len(missing)} missing")
-        for key in missing[:50]:
-            console.print(f"  missing {key}")
+        for c in counts:
+            console.print(f"{c['name']}: {c['committed']} of {c['total']} chunks committed; {c['missing']} missing; "
+                          f"{c['to_run']} would run")
+        console.print(f"under {planned.targets.output}")
+        for stage, key in missing[:50]:
+            console.print(f"  missing {stage}:{key}" if len(counts) > 1 else f"  missing {key}")
         if len(missing) > 50:
             console.print(f"  … and {len(missing) - 50} more")
     return EXIT_OK if not missing else EXIT_FAILED

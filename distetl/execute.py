@@ -7,6 +7,7 @@ Plain Python: nothing here imports Prefect or needs a cluster. The Prefect task 
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import threading
@@ -18,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import pyarrow.parquet as pq
 
 from distetl.chunks import Chunk
+from distetl.errors import ChunkError
 from distetl.partitions import strip_partitions
 from distetl.pipeline import Pipeline, arity
 from distetl.schema import to_table
@@ -30,6 +32,8 @@ SKIPPED = "skipped"
 FAILED = "failed"
 #: Not run because the run was stopped (SIGINT/SIGTERM): missing, for the rerun.
 NOT_RUN = "not_run"
+#: Not run because an input (an upstream chunk) failed.
+BLOCKED = "blocked"
 
 
 @dataclass
@@ -48,6 +52,10 @@ class ChunkResult:
     task_run_id: Optional[str] = None
     traceback: Optional[str] = None
     timed_out: bool = False
+    stage: str = ""
+    #: Wall-clock start and end of the chunk's work (seconds since the epoch).
+    started: float = 0.0
+    ended: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +74,38 @@ class ChunkContext:
     chunk: Chunk
     output: str
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    inputs: Sequence[str] = ()
+    input_root: Optional[str] = None
+    stage: str = ""
+
+    def read_inputs_table(self, columns: Optional[Sequence[str]] = None) -> Any:
+        """The chunk's committed upstream files as one Arrow table, partition columns
+        (``name=value`` directories of the upstream target) restored from the paths.
+
+        Args:
+            columns: Read only these columns (default: all).
+        """
+        import pyarrow.dataset as ds
+
+        if not self.inputs:
+            raise ChunkError(
+                "upstream input files for this chunk", "none",
+                "read inputs only in a downstream stage (one with upstream=...)",
+                where=f"chunk {self.chunk.key}",
+            )
+        storage = self.storage(self.inputs[0])
+        files = [storage.strip(p) for p in self.inputs]
+        options: dict[str, Any] = {"format": "parquet", "partitioning": "hive"}
+        if self.input_root:
+            options["partition_base_dir"] = storage.strip(self.input_root)
+        if not storage.is_local:
+            options["filesystem"] = storage.fs
+        return ds.dataset(files, **options).to_table(columns=list(columns) if columns else None)
+
+    def read_inputs(self, columns: Optional[Sequence[str]] = None) -> Any:
+        """The chunk's committed upstream files as one pandas DataFrame (see
+        :meth:`read_inputs_table`)."""
+        return self.read_inputs_table(columns).to_pandas()
 
     def storage(self, url: str) -> Storage:
         """The storage for a source URL, with the run's storage options."""
@@ -91,6 +131,11 @@ class BatchJob:
         storage_options: fsspec options.
         force: Recompute even when the target exists.
         topic: Progress topic name (Dask worker events) for this run.
+        stage: The stage the chunks belong to (default: the pipeline's only stage).
+        inputs: For a downstream stage, each chunk's committed upstream paths.
+        input_root: The upstream stage's dataset root (for its partition columns).
+        record: What every chunk's record (its file's ``distetl.record`` metadata)
+            shares: pipeline, stage, code version, run id, distetl version.
     """
 
     pipeline: Pipeline
@@ -99,12 +144,17 @@ class BatchJob:
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     force: bool = False
     topic: str = ""
+    stage: str = ""
+    inputs: Optional[Sequence[Sequence[str]]] = None
+    input_root: Optional[str] = None
+    record: Mapping[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
         keys = [c.key for c, _ in self.chunks]
+        name = self.stage or self.pipeline.name
         if len(keys) == 1:
-            return f"{self.pipeline.name}[{keys[0]}]"
-        return f"{self.pipeline.name}[{keys[0]}..{keys[-1]}] ({len(keys)} chunks)"
+            return f"{name}[{keys[0]}]"
+        return f"{name}[{keys[0]}..{keys[-1]}] ({len(keys)} chunks)"
 
 
 def _worker_name() -> str:
@@ -116,8 +166,17 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext) -> tuple[Any, bytes]:
-    """Extract, transform and serialise one chunk: its Arrow table and Parquet bytes."""
+#: Parquet key-value metadata key of a chunk's record.
+RECORD_KEY = b"distetl.record"
+
+
+def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
+             record: Optional[Mapping[str, Any]] = None) -> tuple[Any, bytes]:
+    """Extract, transform and serialise one chunk: its Arrow table and Parquet bytes.
+
+    ``record`` (with the chunk's key, row count and time added) goes into the file's
+    key-value metadata, so a file and its provenance cannot disagree.
+    """
     if arity(pipeline.extract) >= 2:
         frame = pipeline.extract(chunk, context)
     else:
@@ -129,6 +188,11 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext) -> tuple[A
             frame = pipeline.transform(frame)
     table = to_table(frame, pipeline.schema, chunk.key)
     table = strip_partitions(table, pipeline.target, chunk, context.output)
+    if record is not None:
+        full = {**record, "key": chunk.key, "rows": table.num_rows, "produced_at": _now()}
+        metadata = dict(table.schema.metadata or {})
+        metadata[RECORD_KEY] = json.dumps(full, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(metadata)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=pipeline.compression)
     return table, buffer.getvalue()
@@ -146,9 +210,15 @@ class ChunkStopped(Exception):
 STOP_POLL_SECONDS = 0.2
 
 
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _produce_watched(
     pipeline: Pipeline, chunk: Chunk, context: ChunkContext, timeout: Optional[float],
-    should_stop: Optional[Callable[[], bool]],
+    should_stop: Optional[Callable[[], bool]], record: Optional[Mapping[str, Any]] = None,
 ) -> tuple[Any, bytes]:
     """:func:`_produce` in a daemon thread, given up on past ``timeout`` seconds or once
     ``should_stop()`` is true. A thread given up on is left running (Python cannot kill
@@ -163,7 +233,7 @@ def _produce_watched(
 
     def target() -> None:
         try:
-            box["value"] = _produce(pipeline, chunk, context)
+            box["value"] = _produce(pipeline, chunk, context, record)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
         finally:
@@ -201,6 +271,7 @@ def run_chunk(
     force: bool = False,
     should_stop: Optional[Callable[[], bool]] = None,
     watch_stop: bool = False,
+    record: Optional[Mapping[str, Any]] = None,
 ) -> ChunkResult:
     """Run one chunk end to end and commit its file. Retries per the pipeline.
 
@@ -218,28 +289,30 @@ def run_chunk(
     attempts = 0
     timed_out = False
     start = time.perf_counter()
+    wall = time.time()
     timeout = pipeline.timeout_seconds
     while True:
         attempts += 1
         try:
             if timeout is None and not watch_stop:
-                table, data = _produce(pipeline, chunk, context)
+                table, data = _produce(pipeline, chunk, context, record)
             else:
                 table, data = _produce_watched(pipeline, chunk, context, timeout,
-                                               should_stop if watch_stop else None)
+                                               should_stop if watch_stop else None, record)
             if should_stop is not None and should_stop():
                 raise ChunkStopped(f"chunk {chunk.key} was stopped with its run before its commit")
             committed = storage.write_atomic(path, data, create_only=not force)
             return ChunkResult(
-                key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED,
+                key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED, stage=context.stage,
                 rows=table.num_rows if committed else 0, bytes=len(data) if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
-                timed_out=timed_out,
+                timed_out=timed_out, started=wall, ended=time.time(),
             )
         except ChunkStopped as exc:
             return ChunkResult(
-                key=chunk.key, path=path, status=NOT_RUN, seconds=time.perf_counter() - start,
+                key=chunk.key, path=path, status=NOT_RUN, stage=context.stage, seconds=time.perf_counter() - start,
                 attempts=attempts, worker=_worker_name(), error=str(exc), timed_out=timed_out,
+                started=wall, ended=time.time(),
             )
         except Exception as exc:  # noqa: BLE001 - one chunk's failure is data, not a crash
             timed_out = timed_out or isinstance(exc, ChunkTimeout)
@@ -247,11 +320,11 @@ def run_chunk(
                 time.sleep(pipeline.retry_delay_seconds)
                 continue
             return ChunkResult(
-                key=chunk.key, path=path, status=FAILED, seconds=time.perf_counter() - start,
+                key=chunk.key, path=path, status=FAILED, stage=context.stage, seconds=time.perf_counter() - start,
                 attempts=attempts, worker=_worker_name(), error=f"{type(exc).__name__}: {exc}",
                 traceback=None if isinstance(exc, ChunkTimeout) else
                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
-                timed_out=timed_out,
+                timed_out=timed_out, started=wall, ended=time.time(),
             )
 
 
@@ -270,17 +343,22 @@ def run_batch(
     """
     storage = Storage.for_url(job.output, job.storage_options)
     report = report or _default_reporter(job.topic)
+    stage = job.pipeline.stage(job.stage) if job.stage else job.pipeline
+    name = job.stage
     results = []
-    for chunk, path in job.chunks:
+    for n, (chunk, path) in enumerate(job.chunks):
         if should_stop is not None and should_stop():
-            result = ChunkResult(key=chunk.key, path=path, status=NOT_RUN,
+            result = ChunkResult(key=chunk.key, path=path, status=NOT_RUN, stage=name,
                                  error="not started: the run was stopped")
         elif not job.force and storage.exists(path):
-            result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, worker=_worker_name())
+            result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, stage=name, worker=_worker_name())
         else:
-            context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options)
-            result = run_chunk(job.pipeline, chunk, path, storage, context, force=job.force,
-                               should_stop=should_stop, watch_stop=watch_stop)
+            context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options,
+                                   inputs=job.inputs[n] if job.inputs is not None else (),
+                                   input_root=job.input_root, stage=name)
+            result = run_chunk(stage, chunk, path, storage, context, force=job.force,
+                               should_stop=should_stop, watch_stop=watch_stop,
+                               record=job.record or None)
         results.append(result)
         report(result)
     return results
@@ -302,6 +380,7 @@ def _default_reporter(topic: str) -> Callable[[ChunkResult], None]:
         return lambda result: None
 
     def send(result: ChunkResult) -> None:
-        worker.log_event(topic, {"key": result.key, "status": result.status, "rows": result.rows})
+        worker.log_event(topic, {"key": result.key, "status": result.status, "rows": result.rows,
+                                 "stage": result.stage})
 
     return send

@@ -24,16 +24,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import threading
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import cloudpickle
 from prefect import Flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
 
 from distetl.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
 from distetl.loader import sources_for
@@ -42,7 +42,7 @@ from distetl.pipeline import Pipeline
 from distetl.prefect_api import override_settings, publish_chunk_table
 from distetl.stopping import StopSignal
 
-__all__ = ["FlowOutcome", "PackedJob", "run_flow", "split_batches"]
+__all__ = ["BatchSource", "FlowOutcome", "PackedJob", "run_flow", "split_batches"]
 
 #: Default number of batches per worker (``chunks_per_task`` overrides it).
 BATCHES_PER_WORKER = 8
@@ -179,9 +179,20 @@ def _drain_prefect_workers() -> bool:
     return True
 
 
+class BatchSource(Protocol):
+    """What the flow asks for work: the driver's view of the stage graph (see
+    :class:`distetl.dispatch.Dispatcher`)."""
+
+    def next_batch(self) -> Optional[BatchJob]:
+        """A batch whose chunks are all ready to run, or None if none is ready now."""
+
+    def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
+        """The results of a finished batch (releases or blocks their dependants)."""
+
+
 def run_flow(
     pipeline: Pipeline,
-    jobs: list[BatchJob],
+    jobs: "BatchSource | list[BatchJob]",
     task_runner: Any,
     on_result: Callable[[ChunkResult], None],
     on_chunk: Callable[[dict[str, Any]], None],
@@ -194,7 +205,10 @@ def run_flow(
 
     Args:
         pipeline: The pipeline (for the flow name).
-        jobs: Batches to run.
+        jobs: Where batches come from: a :class:`BatchSource` asked for the next ready
+            batch whenever a slot is free and told every batch's results (so a
+            downstream chunk starts as soon as its inputs are committed), or a fixed
+            list of batches.
         task_runner: The Prefect task runner.
         on_result: Called on the driver with each chunk's final result.
         on_chunk: Called (possibly from another thread) as each chunk lands on a worker,
@@ -217,9 +231,14 @@ def run_flow(
     # cache key) covers the shipped source too, so an edited flow file is not stale.
     digest = hashlib.sha256(blob + "".join(s.source for s in sources).encode()).hexdigest()
     topic = f"distetl-{uuid.uuid4().hex}"
-    packed = [PackedJob(replace(job, topic=topic), blob, digest, sources) for job in jobs]
-    run = _ActiveRun(packed, topic, on_result, on_chunk, FlowOutcome(), on_flow_run=on_flow_run,
-                     stop=stop or StopSignal(), restart_hung_workers=restart_hung_workers)
+    source = _FixedBatches(jobs) if isinstance(jobs, list) else jobs
+
+    def pack(job: BatchJob) -> PackedJob:
+        return PackedJob(replace(job, topic=topic), blob, digest, sources)
+
+    run = _ActiveRun(source, pack, pipeline.name, topic, on_result, on_chunk, FlowOutcome(),
+                     on_flow_run=on_flow_run, stop=stop or StopSignal(),
+                     restart_hung_workers=restart_hung_workers)
     _ACTIVE[topic] = run
     try:
         flow = Flow(
@@ -251,7 +270,9 @@ class _ActiveRun:
     """Driver-side state of a flow run, looked up by key so the flow function (which
     Prefect serialises into every task's context) closes over nothing."""
 
-    jobs: list[PackedJob]
+    source: BatchSource
+    pack: Callable[[BatchJob], PackedJob]
+    name: str
     topic: str
     on_result: Callable[[ChunkResult], None]
     on_chunk: Callable[[dict[str, Any]], None]
@@ -336,7 +357,8 @@ def _backfill(run_key: str) -> Any:
     if client is not None:
         client.subscribe_topic(topic, lambda event: on_chunk(event[1]))
     else:
-        _LOCAL_LISTENERS[topic] = lambda r: on_chunk({"key": r.key, "status": r.status, "rows": r.rows})
+        _LOCAL_LISTENERS[topic] = lambda r: on_chunk({"key": r.key, "status": r.status, "rows": r.rows,
+                                                      "stage": r.stage})
     # Prefect's flow engine installs a SIGTERM handler of its own for the flow run (it
     # raises in this thread, which would then wait forever on a hung batch): take it back.
     run.stop.reinstall()
@@ -347,13 +369,14 @@ def _backfill(run_key: str) -> Any:
 
             threads = sum(client.nthreads().values()) or 1
             run.client = client
-            with ThreadPoolTaskRunner(max_workers=max(1, min(len(run.jobs), IN_FLIGHT_PER_THREAD * threads))) as pool:
-                _gather(run, lambda job: pool.submit(run_chunks, {"job": job, "label": job.job.label()}))
+            slots = max(1, IN_FLIGHT_PER_THREAD * threads)
+            with ThreadPoolTaskRunner(max_workers=slots) as pool:
+                _gather(run, lambda job: pool.submit(run_chunks, {"job": job, "label": job.job.label()}), slots)
             if run.hung_workers and run.restart_hung_workers and not run.stop.stopped:
                 run.outcome.restarted_workers = _restart(client, sorted(run.hung_workers))
         else:
-            _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()))
-        publish_chunk_table(run.jobs[0].job.pipeline.name if run.jobs else "distetl", run.outcome.results)
+            _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()), IN_FLIGHT_PER_THREAD)
+        publish_chunk_table(run.name, run.outcome.results)
     finally:
         run.client = None
         _LOCAL_LISTENERS.pop(topic, None)
@@ -387,21 +410,55 @@ def _restart(client: Any, workers: list[str]) -> list[str]:
     return sorted(w for w, status in (answer or {}).items() if status == "OK")
 
 
-def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any]) -> None:
-    """Submit every batch task, then take each batch's results as it finishes
-    (releasing its future at once, so only small results are kept)."""
-    futures = {}
-    for job in run.jobs:
-        future = submit(job)
-        futures[future] = job
-        run.outcome.task_run_ids.append(str(future.task_run_id))
-    for future in as_completed(list(futures)):
-        job = futures.pop(future)
-        for result in run.partial.pop(_batch_id(job.job), None) or _results_of(future, job.job, run.stop.stopped):
+def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any], slots: int) -> None:
+    """Keep up to ``slots`` batch tasks in flight, asking the batch source for the next
+    ready batch whenever one finishes, and hand each batch's results back to it at once
+    (releasing its future, so only small results are kept). Once the run is stopping,
+    nothing new is submitted and the batches in flight are waited for (they are
+    cancelled)."""
+    finished: "queue.Queue[Any]" = queue.Queue()
+    in_flight: dict[Any, PackedJob] = {}
+    while True:
+        while len(in_flight) < slots and not run.stop.stopped:
+            job = run.source.next_batch()
+            if job is None:
+                break
+            packed = run.pack(job)
+            future = submit(packed)
+            in_flight[future] = packed
+            run.outcome.task_run_ids.append(str(future.task_run_id))
+            future.add_done_callback(finished.put)
+        if not in_flight:
+            return
+        future = finished.get()
+        packed = in_flight.pop(future)
+        results = run.partial.pop(_batch_id(packed.job), None) or _results_of(future, packed.job, run.stop.stopped)
+        for result in results:
             result.task_run_id = str(future.task_run_id)
-            run.outcome.results.append(result)
+            if not result.stage:
+                result.stage = packed.job.stage
+        run.outcome.results.extend(results)
+        run.source.done(packed.job, results)
+        for result in results:
             run.on_result(result)
         del future
+
+
+@dataclass
+class _FixedBatches:
+    """A batch source over a fixed list of independent batches."""
+
+    jobs: list[BatchJob]
+    position: int = 0
+
+    def next_batch(self) -> Optional[BatchJob]:
+        if self.position >= len(self.jobs):
+            return None
+        self.position += 1
+        return self.jobs[self.position - 1]
+
+    def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
+        pass
 
 
 def _results_of(future: Any, job: BatchJob, stopped: bool = False) -> list[ChunkResult]:
@@ -415,8 +472,8 @@ def _results_of(future: Any, job: BatchJob, stopped: bool = False) -> list[Chunk
     if state.is_completed():
         return list(future.result())
     if state.is_cancelled() or (stopped and not state.is_failed()):
-        return [ChunkResult(key=c.key, path=p, status=NOT_RUN, error="not run: the run was stopped")
-                for c, p in job.chunks]
+        return [ChunkResult(key=c.key, path=p, status=NOT_RUN, stage=job.stage,
+                            error="not run: the run was stopped") for c, p in job.chunks]
     exc: Any = None
     if state.is_final():
         try:
@@ -430,7 +487,7 @@ def _results_of(future: Any, job: BatchJob, stopped: bool = False) -> list[Chunk
         exc = wrapped.exception()
     message = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(state.message or state.type)
     return [
-        ChunkResult(key=c.key, path=p, status=FAILED,
+        ChunkResult(key=c.key, path=p, status=FAILED, stage=job.stage,
                     error=f"batch task failed ({message}); the chunk's target was left as it was")
         for c, p in job.chunks
     ]

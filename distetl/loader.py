@@ -79,14 +79,19 @@ def ensure_modules(sources: list[FlowSource]) -> None:
 
 def _module_from_path(path: str) -> ModuleType:
     full = os.path.abspath(path)
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(full))[0])
+    name = f"distetl_flow_{stem}"
+    shipped = sys.modules.get(name)
+    if shipped is not None and getattr(shipped, "__distetl_source__", None) is not None:
+        # On a worker: a flow file that loads a sibling flow file (a multi-stage flow
+        # reusing another's stage) finds the sibling already shipped with the batch.
+        return shipped
     if not os.path.isfile(full):
         raise ConfigError(
             "a flow file (e.g. flows/nycflights.py) or module:attribute",
             f"{path!r}, which does not exist",
             "pass the path of a .py file that defines a distetl Pipeline",
         )
-    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(full))[0])
-    name = f"distetl_flow_{stem}"
     spec = importlib.util.spec_from_file_location(name, full)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

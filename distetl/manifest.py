@@ -10,7 +10,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from distetl.execute import FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
+from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
 from distetl.storage import Storage, redact
 
 __all__ = ["RunReport", "manifest_dir"]
@@ -48,6 +48,8 @@ class RunReport:
     dry_run: bool = False
     manifest_path: Optional[str] = None
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Per stage at plan time: name, total, committed, missing, to_run.
+    stages: list[dict[str, Any]] = field(default_factory=list)
     #: The lease this run took over from a run that was gone (see distetl.lease), if any.
     lease_taken_over_from: Optional[dict[str, Any]] = None
     #: Flow runs of gone runs this run marked Crashed in Prefect.
@@ -72,6 +74,25 @@ class RunReport:
         return [r for r in self.results if r.status == FAILED]
 
     @property
+    def blocked(self) -> list[ChunkResult]:
+        """Chunks not run because an input chunk failed."""
+        return [r for r in self.results if r.status == BLOCKED]
+
+    def stage_summary(self) -> list[dict[str, Any]]:
+        """Per stage: total, written, skipped, failed, blocked, not run, rows."""
+        out = []
+        for counts in self.stages or [{"name": self.pipeline, "total": self.total, "to_run": self.to_run}]:
+            mine = [r for r in self.results if (r.stage or self.pipeline) == counts["name"]]
+            ran = {s: sum(1 for r in mine if r.status == s) for s in (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)}
+            out.append({
+                "name": counts["name"], "total": counts["total"], "written": ran[WRITTEN],
+                "skipped": counts["total"] - counts["to_run"] + ran[SKIPPED], "failed": ran[FAILED],
+                "blocked": ran[BLOCKED], "not_run": ran[NOT_RUN],
+                "rows": sum(r.rows for r in mine),
+            })
+        return out
+
+    @property
     def not_run(self) -> int:
         """Chunks left for the rerun because the run was stopped."""
         return self._count(NOT_RUN)
@@ -86,18 +107,20 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.interrupted
+        return not self.failed and not self.blocked and not self.interrupted
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["storage_options"] = redact(self.storage_options)
         data["summary"] = {
             "total": self.total, "written": self.written, "skipped": self.skipped,
-            "failed": len(self.failed), "not_run": self.not_run, "interrupted": self.interrupted,
+            "failed": len(self.failed), "blocked": len(self.blocked), "not_run": self.not_run,
+            "interrupted": self.interrupted,
             "rows": self.rows, "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds else None,
         }
+        data["stage_summary"] = self.stage_summary()
         data["host"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
         return data
 

@@ -1,4 +1,5 @@
-"""The pipeline: a plan, an extract, an optional transform, a target and a schema."""
+"""The pipeline: one stage (a plan, an extract, an optional transform, a target, a
+schema) or a graph of stages."""
 
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ import pyarrow as pa
 
 from distetl.errors import ConfigError
 from distetl.plans import Plan
-from distetl.templates import TargetTemplate
 
 __all__ = ["Pipeline"]
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A chunked backfill, declared once and run on any runner.
+    """A chunked backfill, declared once and run on any runner: one stage or a graph.
 
-    Example:
+    One stage (today's pipeline):
         >>> pipeline = Pipeline(
         ...     name="flights",
         ...     plan=DateRange(start="2013-01-01", end="2013-12-31"),
@@ -28,9 +28,12 @@ class Pipeline:
         ...     target="{output}/flights/date={date}/part-0.parquet",
         ... )
 
+    A graph of stages (each a :class:`~distetl.stages.Stage`):
+        >>> pipeline = Pipeline(name="rollups", stages=[flights, carrier_daily, carrier_monthly])
+
     Attributes:
         name: Flow name in Prefect and in the manifest path.
-        plan: How the work splits into chunks.
+        plan: How the work splits into chunks (one-stage form).
         extract: ``extract(chunk)`` or ``extract(chunk, ctx)`` returning a DataFrame;
             ``ctx`` is a :class:`distetl.execute.ChunkContext` (``ctx.open(url)`` reads
             through the run's storage options).
@@ -43,12 +46,15 @@ class Pipeline:
             serialisation); past it the try fails with a timeout and is retried like any
             failure. None: no limit. ``distetl run --chunk-timeout`` overrides it.
         compression: Parquet compression codec.
+        version: The code version of the one stage (derived from its code when None).
+        stages: The stages of a multi-stage pipeline, upstream before downstream or in
+            any order (the graph is sorted). Excludes plan/extract/target/transform/schema.
     """
 
     name: str
-    plan: Plan
-    extract: Callable[..., Any]
-    target: str
+    plan: Optional[Plan] = None
+    extract: Optional[Callable[..., Any]] = None
+    target: Optional[str] = None
     transform: Optional[Callable[..., Any]] = None
     schema: Optional[pa.Schema] = None
     retries: int = 0
@@ -56,34 +62,78 @@ class Pipeline:
     timeout_seconds: Optional[float] = None
     compression: str = "snappy"
     description: str = field(default="", compare=False)
+    version: Optional[str] = None
+    stages: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
-        if not callable(self.extract):
-            raise ConfigError("a callable extract(chunk)", repr(self.extract), "pass a function")
-        if self.transform is not None and not callable(self.transform):
-            raise ConfigError("a callable transform(df)", repr(self.transform), "pass a function or None")
-        if not isinstance(self.plan, Plan):
+        from distetl.stages import Stage
+
+        if self.stages:
+            object.__setattr__(self, "stages", tuple(self.stages))
+            given = [n for n in ("plan", "extract", "target", "transform", "schema", "version")
+                     if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(
+                    "either stages=[...] or one stage's plan/extract/target", f"both (stages and {', '.join(given)})",
+                    "move those into a Stage of the list", where=f"pipeline {self.name}",
+                )
+            for stage in self.stages:
+                if not isinstance(stage, Stage):
+                    raise ConfigError("distetl Stage objects in stages=[...]", type(stage).__name__,
+                                      "build each with Stage(name=..., ...)", where=f"pipeline {self.name}")
+            from distetl.graph import StageGraph
+
+            StageGraph(self.stages)  # names, upstreams and cycles: checked when declared
+            return
+        if self.plan is not None and not isinstance(self.plan, Plan):
             raise ConfigError(
                 "a distetl plan (DateRange, FileList, IdRange, ChunkList)",
                 type(self.plan).__name__, "build the plan with one of those classes",
             )
-        if self.schema is not None and not isinstance(self.schema, pa.Schema):
-            raise ConfigError("a pyarrow.Schema", type(self.schema).__name__, "pass pa.schema([...])")
-        if self.retries < 0:
-            raise ConfigError("retries >= 0", str(self.retries), "pass 0 or more")
-        if self.timeout_seconds is not None and not (
-            isinstance(self.timeout_seconds, (int, float)) and self.timeout_seconds > 0
-        ):
-            raise ConfigError(
-                "a chunk time limit above 0 seconds (timeout_seconds / --chunk-timeout)",
-                repr(self.timeout_seconds), "pass e.g. timeout_seconds=600, or None for no limit",
-                where=f"pipeline {self.name}",
-            )
-        TargetTemplate(self.target)
+        if self.target is None:
+            raise ConfigError("a target template", "none", "pass target='{output}/name/part-{index}.parquet'",
+                              where=f"pipeline {self.name}")
+        stage = Stage(
+            name=self.name, target=self.target, plan=self.plan, extract=self.extract,
+            transform=self.transform, schema=self.schema, retries=self.retries,
+            retry_delay_seconds=self.retry_delay_seconds, timeout_seconds=self.timeout_seconds,
+            compression=self.compression, version=self.version, description=self.description,
+        )
+        object.__setattr__(self, "_single", stage)
+
+    @property
+    def all_stages(self) -> tuple[Any, ...]:
+        """Every stage: the declared ones, or the one stage of a one-stage pipeline
+        (named after the pipeline)."""
+        return self.stages if self.stages else (self._single,)  # type: ignore[attr-defined]
+
+    def stage(self, name: str) -> Any:
+        """The stage called ``name``.
+
+        Raises:
+            ConfigError: If there is none.
+        """
+        for stage in self.all_stages:
+            if stage.name == name:
+                return stage
+        raise ConfigError(
+            f"a stage of pipeline {self.name!r} ({', '.join(s.name for s in self.all_stages)})",
+            repr(name), "pass one of those names (e.g. --stage NAME)",
+        )
 
     def with_options(self, **changes: Any) -> "Pipeline":
-        """A copy with some attributes replaced (e.g. ``retries``, ``plan``)."""
-        return replace(self, **changes)
+        """A copy with some attributes replaced (e.g. ``retries``, ``plan``); for a
+        multi-stage pipeline, ``retries``, ``retry_delay_seconds`` and
+        ``timeout_seconds`` apply to every stage."""
+        if not self.stages:
+            return replace(self, **changes)
+        per_stage = {k: v for k, v in changes.items() if k in _STAGE_WIDE}
+        rest = {k: v for k, v in changes.items() if k not in _STAGE_WIDE}
+        stages = tuple(s.with_options(**per_stage) for s in self.stages) if per_stage else self.stages
+        return replace(self, stages=stages, **rest)
+
+
+_STAGE_WIDE = ("retries", "retry_delay_seconds", "timeout_seconds")
 
 
 def arity(func: Callable[..., Any]) -> int:

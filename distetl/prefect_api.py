@@ -22,7 +22,8 @@ from typing import Any, Iterator, Mapping
 
 from distetl.errors import ConfigError
 
-__all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer"]
+__all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer",
+           "mark_crashed"]
 
 #: Prefect server services a per-run server does without: they serve deployments,
 #: schedules, work pools, pauses, concurrency leases and automations, none of which a
@@ -243,6 +244,54 @@ def wait_for_task_runs(task_run_ids: list[str], timeout: float = 60.0) -> int:
             if recorded >= len(wanted) or time.monotonic() > deadline:
                 return recorded
             time.sleep(0.2)
+
+
+def mark_crashed(flow_run_id: str, message: str) -> tuple[str | None, int | None]:
+    """Mark a flow run whose driver is gone, and its task runs not in a final state, Crashed.
+
+    Uses the API of the current settings (inside :func:`prefect_api`). States are forced:
+    nothing is left to report them otherwise. A flow run already in a final state is left
+    as it is (its driver finished it before dying).
+
+    Args:
+        flow_run_id: The flow run to mark.
+        message: The Crashed state's message.
+
+    Returns:
+        ``(state, task_runs_marked)``: the flow run's state type before (``"RUNNING"``…),
+        or None if this API has no such flow run; and how many task runs were marked, or
+        None if the flow run was left as it was (not found, or already final).
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            flow_run = client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:
+            return None, None
+        before = flow_run.state.type.value if flow_run.state else "UNKNOWN"
+        if flow_run.state is not None and flow_run.state.is_final():
+            return before, None
+        marked, offset = 0, 0
+        only_this_run = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run.id]))
+        while True:
+            page = client.read_task_runs(task_run_filter=only_this_run, limit=200, offset=offset,
+                                         sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+            for task_run in page:
+                if task_run.state is None or not task_run.state.is_final():
+                    client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+                    marked += 1
+            if len(page) < 200:
+                break
+            offset += 200
+        client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
+    return before, marked
 
 
 def publish_chunk_table(pipeline_name: str, results: list) -> None:

@@ -10,26 +10,28 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from distetl.execute import FAILED, SKIPPED, WRITTEN
+from distetl.execute import BLOCKED, FAILED, SKIPPED, WRITTEN
 from distetl.manifest import RunReport
 
 __all__ = ["LiveProgress", "summary_table"]
 
 
 class LiveProgress:
-    """done / skipped / failed / remaining and rows written, updated per chunk.
+    """Per stage: done / skipped / failed / blocked / remaining and rows written,
+    updated per chunk.
 
     Thread-safe: chunk events may arrive from the Dask client's thread.
+
+    Args:
+        console: Where the display goes.
+        stages: Per stage, ``{"name", "total", "to_run"}`` (from the plan).
+        enabled: Show the display.
     """
 
-    def __init__(self, console: Console, total: int, already: int, enabled: bool = True):
+    def __init__(self, console: Console, stages: list[dict[str, Any]], enabled: bool = True):
         self.console = console
-        self.total = total
-        self.done = 0
-        self.skipped = already
-        self.failed = 0
-        self.rows = 0
-        self._seen: set[str] = set()
+        self.counts: dict[str, dict[str, int]] = {}
+        self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(),
@@ -38,29 +40,44 @@ class LiveProgress:
             console=console, transient=False, disable=not enabled,
             refresh_per_second=4,
         )
-        self.task = self.progress.add_task("chunks", total=total, completed=already, stats=self._stats())
+        self.tasks: dict[str, Any] = {}
+        self.first = stages[0]["name"] if stages else ""
+        for stage in stages:
+            counts = {"total": stage["total"], "done": 0, "skipped": stage["total"] - stage["to_run"],
+                      "failed": 0, "blocked": 0, "rows": 0}
+            self.counts[stage["name"]] = counts
+            self.tasks[stage["name"]] = self.progress.add_task(
+                stage["name"], total=stage["total"], completed=counts["skipped"], stats=self._stats(counts))
 
-    def _stats(self) -> str:
-        remaining = self.total - self.done - self.skipped - self.failed
-        return (f"done {self.done} · skipped {self.skipped} · failed {self.failed} · "
-                f"remaining {remaining} · rows {self.rows:,}")
+    @staticmethod
+    def _stats(c: dict[str, int]) -> str:
+        remaining = c["total"] - c["done"] - c["skipped"] - c["failed"] - c["blocked"]
+        return (f"done {c['done']} · skipped {c['skipped']} · failed {c['failed']} · "
+                f"blocked {c['blocked']} · remaining {remaining} · rows {c['rows']:,}")
 
     def chunk(self, event: dict[str, Any]) -> None:
-        """Count one chunk's outcome (first report per key wins)."""
+        """Count one chunk's outcome (first report per stage and key wins)."""
         with self._lock:
-            key = event.get("key")
-            if key in self._seen:
+            stage = event.get("stage") or self.first
+            key = (stage, event.get("key"))
+            if key in self._seen or stage not in self.counts:
+                return
+            status = event.get("status")
+            c = self.counts[stage]
+            if status == WRITTEN:
+                c["done"] += 1
+                c["rows"] += int(event.get("rows") or 0)
+            elif status == SKIPPED:
+                c["skipped"] += 1
+            elif status == FAILED:
+                c["failed"] += 1
+            elif status == BLOCKED:
+                c["blocked"] += 1
+            else:
                 return
             self._seen.add(key)
-            status = event.get("status")
-            if status == WRITTEN:
-                self.done += 1
-                self.rows += int(event.get("rows") or 0)
-            elif status == SKIPPED:
-                self.skipped += 1
-            elif status == FAILED:
-                self.failed += 1
-            self.progress.update(self.task, completed=self.done + self.skipped + self.failed, stats=self._stats())
+            self.progress.update(self.tasks[stage], completed=c["done"] + c["skipped"] + c["failed"] + c["blocked"],
+                                 stats=self._stats(c))
 
     def __enter__(self) -> "LiveProgress":
         self.progress.start()
@@ -71,15 +88,25 @@ class LiveProgress:
 
 
 def summary_table(report: RunReport) -> Table:
-    """The final table: counts, rows, bytes, seconds, rows/s, and failed chunks."""
+    """The final table: one row per stage (and one for the whole run when there are
+    several) with counts and rows; the caption has MB, seconds and rows/s."""
     table = Table(title=f"distetl · {report.pipeline} · {report.runner}", show_header=True)
-    for name in ("total", "written", "skipped", "failed", "rows", "MB", "seconds", "rows/s"):
+    table.add_column("stage", justify="left")
+    for name in ("total", "written", "skipped", "failed", "blocked", "not run", "rows"):
         table.add_column(name, justify="right")
+    summary = report.stage_summary()
+    rows = list(summary)
+    if len(summary) > 1:
+        rows.append({"name": "all", "total": report.total, "written": report.written, "skipped": report.skipped,
+                     "failed": len(report.failed), "blocked": len(report.blocked), "not_run": report.not_run,
+                     "rows": report.rows})
+    for row in rows:
+        table.add_row(row["name"], str(row["total"]), str(row["written"]), str(row["skipped"]),
+                      str(row["failed"]), str(row["blocked"]), str(row["not_run"]), f"{row['rows']:,}")
     rate = report.rows / report.seconds if report.seconds else 0.0
-    table.add_row(
-        str(report.total), str(report.written), str(report.skipped), str(len(report.failed)),
-        f"{report.rows:,}", f"{report.bytes / 1e6:.1f}", f"{report.seconds:.2f}", f"{rate:,.0f}",
-    )
+    table.caption = f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s · {rate:,.0f} rows/s"
+    if report.leftovers_removed:
+        table.caption += f" · removed {report.leftovers_removed} stale temp file(s) left by killed writes"
     return table
 
 

@@ -297,6 +297,41 @@ class Storage:
         :meth:`write_atomic`."""
         return self.fs.open(self.strip(url), mode, **kwargs)
 
+    def read_bytes(self, url: str) -> bytes | None:
+        """The whole content of one small file (a lease, a manifest); None if it is missing.
+
+        On S3 this is one ``GetObject`` (s3fs would otherwise send a ``HeadObject`` first,
+        to split large reads).
+        """
+        try:
+            if self.is_local:
+                with open(self.normalize(url), "rb") as handle:
+                    return handle.read()
+            if self.is_s3:
+                try:
+                    return self.fs.cat_file(self.strip(url), max_concurrency=1)
+                except TypeError:  # an s3fs without concurrent reads: one GET anyway
+                    pass
+            return self.fs.cat_file(self.strip(url))
+        except FileNotFoundError:
+            return None
+
+    def mtime(self, url: str) -> float | None:
+        """When one file was last modified (seconds since the epoch); None if it is missing.
+
+        Local: one ``stat``; object stores: one ``HeadObject`` (its ``LastModified``).
+        """
+        try:
+            if self.is_local:
+                return os.stat(self.normalize(url)).st_mtime
+            info = self.fs.info(self.strip(url))
+        except FileNotFoundError:
+            return None
+        modified = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+        if modified is None:
+            return None
+        return modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+
     # -- plan-time checks ------------------------------------------------------------------
 
     def check_root(self, root: str, role: str = "output") -> None:
@@ -443,6 +478,73 @@ class Storage:
         if parent and self.protocol not in ("gs", "gcs", "az", "abfs", "abfss"):
             self.fs.makedirs(parent, exist_ok=True)
         self.fs.pipe_file(path, data)
+        return True
+
+    @property
+    def creates_exclusively(self) -> bool:
+        """Whether :meth:`write_new` is atomic create-if-absent (local files; S3 unless the
+        ``create_only`` storage option is False). Otherwise it checks, then writes."""
+        return self.is_local or (self.is_s3 and self.options.get("create_only", True) is not False)
+
+    def write_new(self, url: str, data: bytes) -> bool:
+        """Create a small file with complete content only if nothing is at ``url``.
+
+        Local: the bytes go to a hidden temp file beside it, which is then hard-linked to
+        ``url`` (``link`` fails if ``url`` exists, and readers never see a partial file);
+        where hard links are not supported, ``os.open(O_CREAT | O_EXCL)`` then write.
+        S3: a create-only ``PutObject`` (``If-None-Match: *``), see :meth:`write_atomic`.
+        Elsewhere (and on S3 with ``create_only=false``): an existence check, then a write,
+        which two concurrent writers can both pass (see :attr:`creates_exclusively`).
+
+        Returns:
+            True if this call created the file, False if something was already there.
+        """
+        if not self.is_local:
+            if self.creates_exclusively:
+                return self.write_atomic(url, data, create_only=True)
+            if self.exists(url):
+                return False
+            self.write_atomic(url, data)
+            return True
+        path = self.normalize(url)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this file system
+                pass
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def delete(self, url: str) -> bool:
+        """Remove one file. Returns False if it was already gone (local files; an object
+        store's delete of a missing key succeeds, so there it returns True)."""
+        try:
+            if self.is_local:
+                os.unlink(self.normalize(url))
+            else:
+                self.fs.rm_file(self.strip(url))
+        except FileNotFoundError:
+            return False
         return True
 
     def _put_s3(self, url: str, path: str, data: bytes, exclusive: bool) -> bool:

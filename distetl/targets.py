@@ -26,6 +26,8 @@ class Targets:
         self.template = TargetTemplate(template)
         self.storage = Storage.for_url(output, storage_options)
         self.output = self.storage.normalize(output)
+        #: Hidden files (``.``-names) seen by :meth:`committed`'s listing; None before it.
+        self.hidden: set[str] | None = None
 
     def render(self, chunks: Sequence[Chunk]) -> list[str]:
         """Every chunk's target path, checked at plan time (see TargetTemplate)."""
@@ -45,6 +47,8 @@ class Targets:
         return posixpath.dirname(prefix) if not prefix.endswith("/") else prefix.rstrip("/")
 
     def committed(self, paths: Sequence[str]) -> set[str]:
-        """Which of ``paths`` exist, found with one recursive listing of the common root."""
+        """Which of ``paths`` exist, found with one recursive listing of the common root
+        (its hidden files are kept in :attr:`hidden`, for the leftovers of killed writes)."""
         present = self.storage.list_files(self.listing_root())
+        self.hidden = {p for p in present if posixpath.basename(p).startswith(".")}
         return {p for p in paths if p in present}

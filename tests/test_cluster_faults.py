@@ -1,5 +1,5 @@
 """Faults real clusters have: a worker SIGKILLed mid-run, the driver SIGKILLed mid-run,
-and two runs of the same backfill at once. Real ``dask scheduler``/``dask worker``
+and two runs of the same backfill at once (the second is refused: see tests/test_lease.py). Real ``dask scheduler``/``dask worker``
 processes on 127.0.0.1; the flow logs every extract (and whether its target already
 existed) so a recomputed committed chunk cannot go unnoticed.
 """
@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -149,7 +150,9 @@ def test_worker_killed_mid_run_commits_every_chunk_exactly_once(allowed_failures
 def test_driver_killed_mid_run_rerun_commits_only_the_missing_chunks(tmp_path, flow_file, prefect_api):
     """SIGKILL the driver (the CLI, with its own embedded Prefect API) mid-run. Its
     batches on the cluster stop after the chunk they were writing, its Prefect server
-    exits, and the rerun commits exactly the chunks that were missing."""
+    exits, and the rerun takes over its lease and commits exactly the chunks that were
+    missing. (The rerun reports to another Prefect API, which does not have the killed
+    run's flow run: it says so; tests/test_lease.py covers the marking on a shared API.)"""
     log = tmp_path / "exec.log"
     n = 24
     path = flow_file(logged_flow_source(log, n_days=n, sleep=0.3))
@@ -195,13 +198,18 @@ def test_driver_killed_mid_run_rerun_commits_only_the_missing_chunks(tmp_path, f
         rerun = distetl.run(load_pipeline(str(path)), str(out), scheduler=procs.address)
 
     assert rerun.ok and rerun.already_committed == len(committed)
+    taken = rerun.lease_taken_over_from
+    assert taken and taken["pid"] == driver.pid and "its driver is gone" in taken["reason"], taken
+    assert taken["flow_run_id"] and taken["prefect_api"] != prefect_api and rerun.crashed_runs_marked == []
     assert {r.key for r in rerun.results if r.status == "written"} == missing
     assert {d: v for d, v in _targets(out).items() if d in committed} == committed, "committed files were rewritten"
     _no_recompute_after_commit(log)
     _check_output(out, n)
 
 
-def test_two_runs_of_the_same_backfill_at_once(tmp_path, flow_file, prefect_api):
+def test_two_runs_of_the_same_backfill_at_once_one_is_refused(tmp_path, flow_file, prefect_api):
+    """Both start together; one takes the output's lease and does the whole backfill, the
+    other exits 2 naming it (host and pid) before any compute."""
     log = tmp_path / "exec.log"
     n = 20
     path = flow_file(logged_flow_source(log, n_days=n, sleep=0.1))
@@ -222,13 +230,14 @@ def test_two_runs_of_the_same_backfill_at_once(tmp_path, flow_file, prefect_api)
             for run in runs:
                 if run.poll() is None:
                     run.kill()
-    for run, (stdout, stderr) in zip(runs, results):
-        assert run.returncode == 0, stderr[-3000:]
-    reports = [json.loads(stdout)["summary"] for stdout, _ in results]
-    for summary in reports:
-        assert summary["failed"] == 0 and summary["written"] + summary["skipped"] == n
-    assert sum(s["written"] for s in reports) >= n
+    codes = sorted(run.returncode for run in runs)
+    assert codes == [0, 2], [stderr[-3000:] for _, stderr in results]
+    (winner, (stdout, _)), (loser, (_, refusal)) = sorted(zip(runs, results), key=lambda r: r[0].returncode)
+    assert f"pid {winner.pid} on {socket.gethostname()}" in refusal and "Fix: wait for it to finish" in refusal
+    summary = json.loads(stdout)["summary"]
+    assert summary["failed"] == 0 and summary["written"] == n
+    _no_recompute_after_commit(log)
     _check_output(out, n)
     manifests = list((out / "_distetl" / "logged" / "runs").glob("*.json"))
-    assert len(manifests) == 2
-    json.loads((out / "_distetl" / "logged" / "latest.json").read_text())
+    assert len(manifests) == 1
+    assert not (out / "_distetl" / "logged" / "lease.json").exists()

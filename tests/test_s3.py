@@ -192,6 +192,10 @@ def test_backfill_to_s3_on_dask_workers_then_rerun_commits_nothing(s3, bucket, p
     assert s3.etags(bucket, "warehouse/flights/") == before
     listings = [p for m, p, _ in requests if m == "GET" and "list-type=2" in p and "prefix=warehouse/flights/" in p]
     assert len(listings) == 1, requests  # one listing for the target prefix
+    lease = f"/{bucket}/warehouse/_distetl/nycflights/lease.json"
+    on_lease = [m for m, p, _ in requests if p == lease]  # taken, (heartbeats,) checked, released
+    assert on_lease[0] == "PUT" and on_lease[-2:] == ["GET", "DELETE"], on_lease
+    requests = [r for r in requests if r[1] != lease]
     assert not [r for r in requests if r[0] == "HEAD"], requests  # no per-chunk existence check
     assert not [r for r in requests if r[0] == "GET" and "list-type=2" not in r[1]], requests
     assert {p.split("?")[0].split("/_distetl/")[0] for m, p, _ in requests if m == "PUT"} == {f"/{bucket}/warehouse"}
