@@ -350,7 +350,7 @@ def _day_keys_in(upstream: UpstreamKeys, first: int, last: int) -> list[str]:
         key = _day_key(ordinal)
         if key in upstream:
             found.append(key)
-    return found
+    return _in_upstream_order(found, upstream)
 
 
 def _day_indexes(lookup: _Lookup, first: int, last: int) -> list[int]:

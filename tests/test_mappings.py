@@ -187,7 +187,8 @@ def test_years_have_year_start_end_fields_only():
 
 
 def test_windows_come_in_calendar_order_and_keys_in_upstream_order():
-    upstream = [dataclasses.replace(c, index=i) for i, c in enumerate(reversed(days("2013-01-30", "2013-02-02")))]
+    newest_first = reversed(days("2013-01-30", "2013-02-02"))
+    upstream = [dataclasses.replace(c, index=i) for i, c in enumerate(newest_first)]
     down = CalendarWindow("month").downstream_chunks(upstream)
     assert keys(down) == ["month=2013-01", "month=2013-02"]
     up = view(upstream)
@@ -260,6 +261,14 @@ def test_window_days_of_full_calendar_months_include_the_leap_day():
     assert len(down) == 29 + 31 and down[0].key == "date=2012-02-01" and down[-1].key == "date=2012-03-31"
     assert "date=2012-02-29" in keys(down)
     assert [c.index for c in down] == list(range(60))
+
+
+def test_window_days_come_in_date_order_whatever_the_window_order():
+    months = DateRange(start="2013-01-01", end="2013-02-28", freq="month").chunks()
+    backwards = [dataclasses.replace(c, index=i) for i, c in enumerate(reversed(months))]
+    down = WindowDays().downstream_chunks(backwards)
+    assert down == days("2013-01-01", "2013-02-28")
+    assert resolve_inputs(WindowDays(), down, view(backwards), "d", "m") == [[1]] * 31 + [[0]] * 28
 
 
 def test_window_day_reads_its_month_week_or_year():
@@ -335,7 +344,8 @@ def test_trailing_days_cross_the_leap_day_and_skip_gaps():
     assert TrailingDays(2).upstream_keys(march1, view(upstream)) == [
         "date=2012-02-28", "date=2012-02-29", "date=2012-03-01"]
     weekdays = ChunkList(items=["2013-01-04", "2013-01-07", "2013-01-08"], key_field="date").chunks()
-    assert TrailingDays(3).upstream_keys(weekdays[1], view(weekdays)) == ["date=2013-01-04", "date=2013-01-07"]
+    assert TrailingDays(3).upstream_keys(weekdays[1], view(weekdays)) == [
+        "date=2013-01-04", "date=2013-01-07"]
     # 2013-01-08 reads 01-05..01-08: the 4th is out of the window
     assert assert_consistent(TrailingDays(3), weekdays, weekdays) == [[0], [0, 1], [1, 2]]
 
@@ -404,7 +414,8 @@ def test_from_function_cannot_derive_chunks():
 def test_from_function_keys_are_deduplicated_in_upstream_order_missing_last():
     upstream = days("2013-01-01", "2013-01-05")
     mapping = FromFunction(lambda c: ["date=2013-01-03", "nope", "date=2013-01-01", "date=2013-01-03"])
-    assert mapping.upstream_keys(Chunk("x=1"), view(upstream)) == ["date=2013-01-01", "date=2013-01-03", "nope"]
+    assert mapping.upstream_keys(Chunk("x=1"), view(upstream)) == [
+        "date=2013-01-01", "date=2013-01-03", "nope"]
 
 
 def test_from_function_with_an_own_plan_resolves():
