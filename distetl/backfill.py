@@ -24,10 +24,12 @@ from distetl.prefect_api import quiet_prefect_env
 from distetl.runners import RunnerSpec
 from distetl.stopping import RunInterrupted, StopSignal
 from distetl.graph import StageGraph, StagePlan, check_distinct_paths, decide
+from distetl.records import ChunkRecord, StageIndex, index_entries, records_for
+from distetl.staleness import CAUSES, Acceptance, StaleChunk, classify
 from distetl.mappings import UpstreamKeys, resolve_inputs
 from distetl.targets import Targets
 
-__all__ = ["PlannedRun", "plan", "run", "status"]
+__all__ = ["PlannedRun", "accept", "plan", "run", "status"]
 
 
 @dataclass
@@ -48,6 +50,14 @@ class PlannedRun:
     need: dict[str, list[int]]
     output: str
     seconds: float = 0.0
+    #: Stage → committed chunk index → why it is stale (see :mod:`distetl.staleness`).
+    stale: dict[str, dict[int, StaleChunk]] = field(default_factory=dict)
+    #: Stage → committed chunk index → its record (None: the file has none).
+    records: dict[str, dict[int, Optional[ChunkRecord]]] = field(default_factory=dict)
+    #: Stage → its current code version.
+    versions: dict[str, str] = field(default_factory=dict)
+    #: Footers read because the index did not cover the file (0 when it did).
+    footers_read: int = 0
 
     # -- the first (for a one-stage pipeline, the only) stage ----------------------------
 
@@ -95,6 +105,16 @@ class PlannedRun:
     def committed_keys(self) -> list[str]:
         return [p.chunks[i].key for p in self.stages for i in sorted(p.committed)]
 
+    def stale_counts(self) -> dict[str, dict[str, int]]:
+        """Per stage, stale chunks by cause."""
+        out = {}
+        for p in self.stages:
+            causes = {c: 0 for c in CAUSES}
+            for why in self.stale.get(p.name, {}).values():
+                causes[why.cause] += 1
+            out[p.name] = causes
+        return out
+
     def stage_counts(self) -> list[dict[str, Any]]:
         """Per stage: total, committed, missing, to run, and committed chunks that run
         again (``--force``) -- for ``--dry-run``, ``status`` and the report."""
@@ -102,7 +122,9 @@ class PlannedRun:
         for p in self.stages:
             need = self.need[p.name]
             again = sum(1 for i in need if i in p.committed)
+            stale = len(self.stale.get(p.name, {}))
             out.append({"name": p.name, "total": len(p.chunks), "committed": len(p.committed),
+                        "fresh": len(p.committed) - stale, "stale": stale,
                         "missing": len(p.chunks) - len(p.committed), "to_run": len(need),
                         "committed_to_run": again})
         return out
@@ -115,11 +137,13 @@ def plan(
     storage_options: Optional[Mapping[str, Any]] = None,
     force: bool = False,
     stages: Optional[Sequence[str]] = None,
+    stale: bool = False,
 ) -> PlannedRun:
     """Render every chunk's target and find the committed ones, before any compute.
 
-    One listing per stage finds its committed chunks (no request per chunk). Then
-    :func:`distetl.graph.decide` says what runs.
+    One listing per stage finds its committed chunks (no request per chunk); their
+    records come from the stage's index where the listing shows the file unchanged, and
+    from the files' footers otherwise. Then :func:`distetl.graph.decide` says what runs.
 
     Args:
         pipeline: The pipeline.
@@ -129,6 +153,7 @@ def plan(
         storage_options: fsspec options for the output and file plans.
         force: Run every chunk of the selected stages, committed or not.
         stages: Run only these stages and what they need (default: all).
+        stale: Run stale chunks too, and everything downstream of them.
 
     Raises:
         PlanError, ConfigError, StorageError: On anything knowable at plan time.
@@ -163,8 +188,95 @@ def plan(
         plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets)
     ordered = list(plans.values())
     check_distinct_paths(ordered)
-    need = decide(ordered, force)
-    return PlannedRun(pipeline, ordered, need, ordered[0].targets.output, time.perf_counter() - started)
+    planned = PlannedRun(pipeline, ordered, {}, ordered[0].targets.output)
+    _find_stale(planned)
+    extra = {name: set(why) for name, why in planned.stale.items()} if stale else None
+    planned.need = decide(ordered, force, extra)
+    planned.seconds = time.perf_counter() - started
+    return planned
+
+
+def _find_stale(planned: PlannedRun) -> None:
+    """Read every committed chunk's record (index first, footers for the rest) and
+    classify the stale ones."""
+    storage = planned.targets.storage
+    for p in planned.stages:
+        planned.versions[p.name] = p.stage.code_version()
+        index = StageIndex(storage, planned.output, planned.pipeline.name, p.name).load()
+        stamps = p.targets.stamps
+        by_path, read = records_for(storage, stamps, index)
+        planned.footers_read += read
+        planned.records[p.name] = {i: by_path.get(p.paths[i]) for i in p.committed}
+    accepted = Acceptance.from_json(storage.read_bytes(acceptance_path(planned.output, planned.pipeline.name)))
+    planned.stale = classify(planned.stages, planned.records, planned.versions, accepted)
+
+
+def accept(
+    pipeline: Pipeline,
+    output: str,
+    params: Optional[Mapping[str, Any]] = None,
+    storage_options: Optional[Mapping[str, Any]] = None,
+    stages: Optional[Sequence[str]] = None,
+    keys: Optional[Sequence[str]] = None,
+) -> dict[str, int]:
+    """Accept the current code of stages for their code-stale chunks, without
+    recomputing them (a refactor known not to change outputs).
+
+    Records "recorded version V is accepted as the current version" per stage (and per
+    chunk with ``keys``) in ``{output}/_distetl/{pipeline}/accepted.json``, in one
+    atomic write; the data files and their records are left as they are. Chunks stale
+    for another cause (a changed input) cannot be accepted: they must be redone.
+
+    Args:
+        pipeline: The pipeline.
+        output: The output root.
+        params: Plan parameter overrides.
+        storage_options: fsspec options.
+        stages: Only these stages (default: every stage).
+        keys: Only these chunk keys.
+
+    Returns:
+        Stage → chunks accepted.
+
+    Raises:
+        ConfigError: For a key that is not code-stale in any selected stage.
+    """
+    planned = plan(pipeline, output, params, storage_options)
+    wanted = set(stages or [p.name for p in planned.stages])
+    storage = planned.targets.storage
+    path = acceptance_path(planned.output, pipeline.name)
+    acceptance = Acceptance.from_json(storage.read_bytes(path))
+    counts: dict[str, int] = {}
+    matched: set[str] = set()
+    for p in planned.stages:
+        if p.name not in wanted:
+            continue
+        by_version: dict[str, list[str]] = {}
+        for i, why in planned.stale.get(p.name, {}).items():
+            key = p.chunks[i].key
+            if why.cause != "code" or (keys and key not in keys):
+                continue
+            record = planned.records[p.name][i]
+            by_version.setdefault(record.version, []).append(key)
+            matched.add(key)
+        for version, chosen in by_version.items():
+            acceptance.add(p.name, version, planned.versions[p.name], chosen if keys else None)
+            counts[p.name] = counts.get(p.name, 0) + len(chosen)
+    for key in keys or ():
+        if key not in matched:
+            raise ConfigError(
+                f"a chunk that is stale because of its code in stage(s) {', '.join(sorted(wanted))}",
+                repr(key), "check `distetl status --explain KEY`: only code changes can be accepted; "
+                "a chunk stale for its input must be redone with --stale",
+            )
+    if counts:
+        storage.write_atomic(path, acceptance.to_json().encode())
+    return counts
+
+
+def acceptance_path(output: str, pipeline: str) -> str:
+    """Where ``distetl accept`` keeps the accepted code-version changes."""
+    return f"{output.rstrip('/')}/_distetl/{pipeline}/accepted.json"
 
 
 def _check_params(pipeline: Pipeline, params: Mapping[str, Any]) -> None:
@@ -206,6 +318,7 @@ def run(
     progress: bool = False,
     record_timeout: float = 120.0,
     stages: Optional[Sequence[str]] = None,
+    stale: bool = False,
 ) -> RunReport:
     """Run a backfill: plan, skip committed chunks, run the rest as one Prefect flow.
 
@@ -225,6 +338,8 @@ def run(
         progress: Show the live progress display.
         record_timeout: Seconds to wait for Prefect to record every task run.
         stages: Run only these stages and what they need (default: every stage).
+        stale: Redo stale chunks too (and everything downstream of them); without it a
+            run does missing and failed chunks only and reports the stale ones.
 
     Returns:
         The run report; ``report.ok`` is False if any chunk failed.
@@ -239,7 +354,7 @@ def run(
     console = console or Console(stderr=True, quiet=not progress)
     started = time.perf_counter()
     spec = runner if isinstance(runner, RunnerSpec) else RunnerSpec.from_options(runner, workers, scheduler)
-    planned = plan(pipeline, output, params, storage_options, force, stages)
+    planned = plan(pipeline, output, params, storage_options, force, stages, stale)
     facts = spec.check(planned.pipeline if planned.to_run and not dry_run else None)
     counts = planned.stage_counts()
     report = RunReport(
@@ -248,7 +363,7 @@ def run(
         total=planned.total, to_run=planned.to_run,
         already_committed=sum(c["committed"] - c["committed_to_run"] for c in counts),
         plan_seconds=planned.seconds, dry_run=dry_run, storage_options=dict(storage_options or {}),
-        stages=counts,
+        stages=counts, stale_left=_stale_left(planned),
     )
     if dry_run:
         report.seconds = time.perf_counter() - started
@@ -261,6 +376,7 @@ def run(
                      dict(storage_options or {}), facts.threads if facts else None, stop,
                      on_flow_run=lease.set_flow_run)
         report.interrupted = stop.name
+        _update_indexes(planned, report)
         report.seconds = time.perf_counter() - started
         report.write_manifest(planned.targets.storage)
     if stop.stopped:
@@ -295,8 +411,10 @@ def _execute(
         elif plan.inputs is not None:
             raise ConfigError(f"stage {plan.stage.upstream!r} planned with {plan.name!r}", "not selected",
                               "report this: the stage selection lost an upstream stage")
+        # A batch that redoes committed (stale or forced) chunks replaces their files.
+        replace_files = force or any(i in plan.committed for i in indexes)
         return BatchJob(planned.pipeline, [(plan.chunks[i], plan.paths[i]) for i in indexes], output,
-                        storage_options, force, stage=plan.name, inputs=inputs, input_root=input_root,
+                        storage_options, replace_files, stage=plan.name, inputs=inputs, input_root=input_root,
                         record=records[plan.name])
 
     class _Source(Dispatcher):
@@ -345,17 +463,42 @@ def _execute(
         _settle_not_run(report, planned)
 
 
+def _stale_left(planned: PlannedRun) -> dict[str, dict[str, int]]:
+    """Per stage, the stale chunks this run leaves as they are, by cause."""
+    out: dict[str, dict[str, int]] = {}
+    for p in planned.stages:
+        running = set(planned.need[p.name])
+        for i, why in planned.stale.get(p.name, {}).items():
+            if i not in running:
+                causes = out.setdefault(p.name, {})
+                causes[why.cause] = causes.get(why.cause, 0) + 1
+    return out
+
+
+def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
+    """Rewrite the index of every stage this run wrote to (or whose index did not cover
+    its files): one listing per such stage, the records known at plan time plus those
+    of the files written now."""
+    fresh: dict[str, dict[str, ChunkRecord]] = {}
+    for result in report.results:
+        if result.status == WRITTEN and result.record:
+            fresh.setdefault(result.stage, {})[result.path] = ChunkRecord.from_json(result.record)
+    for p in planned.stages:
+        if not fresh.get(p.name) and not planned.footers_read:
+            continue
+        p.targets.committed(p.paths)
+        stamps = p.targets.stamps
+        known = {p.paths[i]: record for i, record in planned.records.get(p.name, {}).items()}
+        known.update(fresh.get(p.name, {}))
+        StageIndex(p.targets.storage, planned.output, planned.pipeline.name, p.name).save(
+            index_entries(stamps, known))
+
+
 def _record_base(pipeline: str, stage: Any, run_id: str) -> dict[str, Any]:
     """What every chunk record of a stage shares (see :data:`distetl.execute.RECORD_KEY`)."""
     from distetl import __version__
 
-    from distetl.codeversion import code_version
-
-    version = stage.version or code_version(
-        stage.extract, stage.transform,
-        extra={"target": stage.target, "schema": str(stage.schema), "compression": stage.compression},
-    )
-    return {"pipeline": pipeline, "stage": stage.name, "version": version, "run_id": run_id,
+    return {"pipeline": pipeline, "stage": stage.name, "version": stage.code_version(), "run_id": run_id,
             "distetl": __version__}
 
 

@@ -26,8 +26,9 @@ def _base_parser() -> argparse.ArgumentParser:
         prog="distetl", description="Resumable chunked Parquet backfills on Dask, orchestrated by Prefect 3.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run a backfill (only missing chunks)"),
-                       ("status", "show which chunks are committed and which are missing")):
+    for name, text in (("run", "run a backfill (missing and failed chunks; stale ones with --stale)"),
+                       ("status", "per stage: fresh, stale (and why), missing, failed in the last run"),
+                       ("accept", "accept the current code of a stage for its chunks without recomputing them")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("flow", help="flow file (e.g. flows/nycflights.py) or module:attribute")
         p.add_argument("--output", default=os.environ.get("DISTETL_OUTPUT", "./output"),
@@ -37,7 +38,15 @@ def _base_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
         p.add_argument("--stage", action="append", default=None, metavar="NAME",
                        help="only this stage and the stages it needs (repeatable)")
+        if name == "status":
+            p.add_argument("--explain", metavar="KEY", default=None,
+                           help="say why one chunk is stale (or that it is fresh or missing)")
+        if name == "accept":
+            p.add_argument("--key", action="append", default=None, metavar="KEY",
+                           help="only this chunk (repeatable; default: every code-stale chunk)")
         if name == "run":
+            p.add_argument("--stale", action="store_true",
+                           help="redo stale chunks too, and everything downstream of them")
             p.add_argument("--runner", choices=["local", "remote", "sequential"], default=None,
                            help="local Dask cluster (default), remote scheduler, or sequential baseline")
             p.add_argument("--workers", type=int, default=None, help="worker processes for --runner local (default: cores)")
@@ -116,7 +125,18 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     options = parse_storage_options(args.storage_option)
     if args.command == "status":
         planned = backfill.status(pipeline, args.output, params, options, stages=args.stage)
+        if args.explain:
+            return _explain(planned, args.explain, console)
         return _print_status(planned, args, console)
+    if args.command == "accept":
+        accepted = backfill.accept(pipeline, args.output, params, options, stages=args.stage, keys=args.key)
+        if args.json:
+            print(json.dumps(accepted, indent=1))
+        for stage, count in accepted.items():
+            console.print(f"{stage}: accepted the current code for {count} chunk(s) without recomputing them")
+        if not accepted:
+            console.print("nothing to accept: no chunk is stale because of its code")
+        return EXIT_OK
     changes = {}
     if args.retries is not None:
         changes["retries"] = args.retries
@@ -138,7 +158,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         report = backfill.run(
             pipeline, args.output, runner=spec, force=args.force, dry_run=args.dry_run, params=params,
             storage_options=options, chunks_per_task=args.chunks_per_task, console=console, progress=show,
-            stages=args.stage,
+            stages=args.stage, stale=args.stale,
         )
     except RunInterrupted as stopped:
         if args.json:
@@ -173,6 +193,11 @@ def _print_report(report: Any, console: Console) -> None:
         console.print(table)
     if report.to_run == 0:
         console.print(f"nothing to run: all {report.total} chunks already committed")
+    for stage, causes in report.stale_left.items():
+        count = sum(causes.values())
+        why = ", ".join(f"{n} {cause}" for cause, n in causes.items())
+        console.print(f"[yellow]{count} chunk(s) are stale[/] in stage {stage} ({why}): "
+                      "rerun with --stale to redo them (distetl status --explain KEY says why)")
     console.print(f"output:   {report.output}")
     if report.manifest_path:
         console.print(f"manifest: {report.manifest_path}")
@@ -181,28 +206,89 @@ def _print_report(report: Any, console: Console) -> None:
                       f"task runs recorded at {report.prefect_api})")
 
 
+def _last_failed(planned: Any) -> dict[str, int]:
+    """Per stage, the chunks that failed in the last run (from its manifest)."""
+    from distetl.manifest import manifest_dir
+
+    data = planned.targets.storage.read_bytes(f"{manifest_dir(planned.output, planned.pipeline.name)}/latest.json")
+    if not data:
+        return {}
+    try:
+        last = json.loads(data)
+    except ValueError:
+        return {}
+    if "results" not in last and last.get("manifest"):
+        more = planned.targets.storage.read_bytes(last["manifest"])
+        last = json.loads(more) if more else {}
+    out: dict[str, int] = {}
+    for r in last.get("results", []):
+        if r.get("status") == "failed":
+            stage = r.get("stage") or planned.pipeline.name
+            out[stage] = out.get(stage, 0) + 1
+    return out
+
+
 def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> int:
     counts = planned.stage_counts()
+    causes = planned.stale_counts()
+    failed = _last_failed(planned)
     missing = [(p.name, c.key) for p in planned.stages for i, c in enumerate(p.chunks) if i not in p.committed]
+    stages = []
+    for p, c in zip(planned.stages, counts):
+        stages.append({"name": c["name"], "total": c["total"], "fresh": c["fresh"], "stale": c["stale"],
+                       "stale_by_cause": causes[p.name], "missing": c["missing"],
+                       "failed_last_run": failed.get(p.name, 0), "committed": c["committed"],
+                       "version": planned.versions.get(p.name)})
     if args.json:
-        stages = []
-        for p, c in zip(planned.stages, counts):
-            stages.append({"name": c["name"], "total": c["total"], "committed": c["committed"],
-                           "missing": c["missing"], "to_run": c["to_run"],
-                           "missing_keys": [k.key for i, k in enumerate(p.chunks) if i not in p.committed][:1000]})
-        print(json.dumps({"pipeline": planned.pipeline.name, "total": planned.total,
-                          "committed": planned.committed_keys, "missing": [k for _, k in missing],
-                          "stages": stages}, indent=1))
+        print(json.dumps({"pipeline": planned.pipeline.name, "output": planned.output, "stages": stages,
+                          "missing": [f"{s}:{k}" if len(counts) > 1 else k for s, k in missing][:1000]},
+                         indent=1))
     else:
-        for c in counts:
-            console.print(f"{c['name']}: {c['committed']} of {c['total']} chunks committed; {c['missing']} missing; "
-                          f"{c['to_run']} would run")
-        console.print(f"under {planned.targets.output}")
-        for stage, key in missing[:50]:
+        table = Table(title=f"{planned.pipeline.name} under {planned.output}")
+        for column in ("stage", "total", "fresh", "stale", "missing", "failed (last run)"):
+            table.add_column(column, justify="left" if column == "stage" else "right")
+        for row in stages:
+            why = ", ".join(f"{n} {c}" for c, n in row["stale_by_cause"].items() if n)
+            table.add_row(row["name"], str(row["total"]), str(row["fresh"]),
+                          f"{row['stale']}" + (f" ({why})" if why else ""), str(row["missing"]),
+                          str(row["failed_last_run"]))
+        console.print(table)
+        for stage, key in missing[:20]:
             console.print(f"  missing {stage}:{key}" if len(counts) > 1 else f"  missing {key}")
-        if len(missing) > 50:
-            console.print(f"  … and {len(missing) - 50} more")
+        if len(missing) > 20:
+            console.print(f"  … and {len(missing) - 20} more")
+        if any(row["stale"] for row in stages):
+            console.print("stale chunks are redone by `distetl run --stale`; `distetl status --explain KEY` "
+                          "says why one is stale")
     return EXIT_OK if not missing else EXIT_FAILED
+
+
+def _explain(planned: Any, key: str, console: Console) -> int:
+    """Why one chunk is fresh, stale or missing, in every stage that has it."""
+    found = False
+    for p in planned.stages:
+        index = next((i for i, c in enumerate(p.chunks) if c.key == key), None)
+        if index is None:
+            continue
+        found = True
+        record = planned.records.get(p.name, {}).get(index)
+        head = f"{p.name}:{key}"
+        if index not in p.committed:
+            console.print(f"{head}: missing ({p.paths[index]} does not exist)")
+            continue
+        why = planned.stale.get(p.name, {}).get(index)
+        state = f"stale ({why.cause}): {why.detail}" if why else "fresh"
+        console.print(f"{head}: {state}", highlight=False)
+        if record is not None:
+            console.print(f"  recorded: code version {record.version}, data version {record.data_version}, "
+                          f"run {record.run_id[:8]}, produced {record.produced_at}, {record.rows} rows",
+                          highlight=False)
+        console.print(f"  current:  code version {planned.versions.get(p.name)}", highlight=False)
+    if not found:
+        keys = [c.key for p in planned.stages for c in p.chunks[:3]]
+        raise DistetlError(f"a chunk key of this pipeline (e.g. {', '.join(keys)})", repr(key),
+                           "pass a key as `distetl status` lists them")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

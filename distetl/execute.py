@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from distetl.chunks import Chunk
 from distetl.errors import ChunkError
 from distetl.partitions import strip_partitions
+from distetl.records import RECORD_KEY, data_version, read_record
 from distetl.pipeline import Pipeline, arity
 from distetl.schema import to_table
 from distetl.storage import Storage
@@ -56,9 +57,13 @@ class ChunkResult:
     #: Wall-clock start and end of the chunk's work (seconds since the epoch).
     started: float = 0.0
     ended: float = 0.0
+    #: The record committed with the file (JSON), for the stage's index; not in manifests.
+    record: Optional[str] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("record", None)
+        return data
 
 
 @dataclass
@@ -77,6 +82,8 @@ class ChunkContext:
     inputs: Sequence[str] = ()
     input_root: Optional[str] = None
     stage: str = ""
+    #: The record written with the chunk's file (set when it is produced).
+    record: Optional[dict[str, Any]] = field(default=None, repr=False)
 
     def read_inputs_table(self, columns: Optional[Sequence[str]] = None) -> Any:
         """The chunk's committed upstream files as one Arrow table, partition columns
@@ -166,16 +173,13 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-#: Parquet key-value metadata key of a chunk's record.
-RECORD_KEY = b"distetl.record"
-
-
 def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
              record: Optional[Mapping[str, Any]] = None) -> tuple[Any, bytes]:
     """Extract, transform and serialise one chunk: its Arrow table and Parquet bytes.
 
-    ``record`` (with the chunk's key, row count and time added) goes into the file's
-    key-value metadata, so a file and its provenance cannot disagree.
+    ``record`` (see :mod:`distetl.records`; its row count and time are added here)
+    goes into the file's key-value metadata, so a file and its provenance cannot
+    disagree.
     """
     if arity(pipeline.extract) >= 2:
         frame = pipeline.extract(chunk, context)
@@ -189,10 +193,11 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
     table = to_table(frame, pipeline.schema, chunk.key)
     table = strip_partitions(table, pipeline.target, chunk, context.output)
     if record is not None:
-        full = {**record, "key": chunk.key, "rows": table.num_rows, "produced_at": _now()}
+        full = {**record, "rows": table.num_rows, "produced_at": _now()}
         metadata = dict(table.schema.metadata or {})
         metadata[RECORD_KEY] = json.dumps(full, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(metadata)
+        context.record = full
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=pipeline.compression)
     return table, buffer.getvalue()
@@ -304,6 +309,8 @@ def run_chunk(
             committed = storage.write_atomic(path, data, create_only=not force)
             return ChunkResult(
                 key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED, stage=context.stage,
+                record=json.dumps(context.record, sort_keys=True, default=str)
+                if committed and context.record is not None else None,
                 rows=table.num_rows if committed else 0, bytes=len(data) if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
                 timed_out=timed_out, started=wall, ended=time.time(),
@@ -353,15 +360,35 @@ def run_batch(
         elif not job.force and storage.exists(path):
             result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, stage=name, worker=_worker_name())
         else:
+            inputs = job.inputs[n] if job.inputs is not None else ()
             context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options,
-                                   inputs=job.inputs[n] if job.inputs is not None else (),
-                                   input_root=job.input_root, stage=name)
+                                   inputs=inputs, input_root=job.input_root, stage=name)
+            record = _chunk_record(job.record, chunk, inputs, storage) if job.record else None
             result = run_chunk(stage, chunk, path, storage, context, force=job.force,
-                               should_stop=should_stop, watch_stop=watch_stop,
-                               record=job.record or None)
+                               should_stop=should_stop, watch_stop=watch_stop, record=record)
         results.append(result)
         report(result)
     return results
+
+
+def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], storage: Storage) -> dict[str, Any]:
+    """A chunk's record before it runs: the stage's shared fields, the chunk's key and
+    its inputs' fingerprints (a source file's stamp from the plan's listing; each
+    upstream file's data version, read from its footer), and its data version."""
+    if inputs:
+        fingerprints: dict[str, Any] = {}
+        for url in inputs:
+            upstream = read_record(storage, url)
+            if upstream is not None:
+                fingerprints[upstream.key] = upstream.data_version
+            else:
+                fingerprints[url] = None
+    elif "fingerprint" in chunk.fields:
+        fingerprints = {"source": chunk.fields["fingerprint"]}
+    else:
+        fingerprints = {}
+    return {**base, "key": chunk.key, "inputs": fingerprints,
+            "data_version": data_version(base.get("version"), fingerprints)}
 
 
 _LOCAL_LISTENERS: dict[str, Callable[[ChunkResult], None]] = {}

@@ -140,7 +140,8 @@ class StagePlan:
         return lookup[key]
 
 
-def decide(plans: Sequence[StagePlan], force: bool = False) -> dict[str, list[int]]:
+def decide(plans: Sequence[StagePlan], force: bool = False,
+           extra: Optional[dict[str, set[int]]] = None) -> dict[str, list[int]]:
     """Which chunks of each stage must run, upstream first.
 
     ``plans`` are the selected stages, upstream before downstream. A derived stage, or
@@ -148,9 +149,15 @@ def decide(plans: Sequence[StagePlan], force: bool = False) -> dict[str, list[in
     ``force``); a root stage that selected stages read runs only its chunks that are
     missing (or ``force``) and needed by a chunk of a dependant that runs.
 
+    ``extra`` (stale chunks, with ``--stale``) run too, whatever their stage, and so
+    does every selected chunk that reads one of them, transitively: a redone day makes
+    its month and the year run.
+
     Returns:
         Stage name → sorted chunk indexes to run.
     """
+    if extra:
+        extra = _downstream_closure(plans, extra)
     by_name = {p.name: p for p in plans}
     readers: dict[str, list[StagePlan]] = defaultdict(list)
     for p in plans:
@@ -168,7 +175,22 @@ def decide(plans: Sequence[StagePlan], force: bool = False) -> dict[str, list[in
                     needed.update(reader.inputs[j])
             wanted = sorted(needed)
         need[p.name] = list(wanted) if force else [i for i in wanted if i not in p.committed]
+        if extra and extra.get(p.name):
+            need[p.name] = sorted(set(need[p.name]) | extra[p.name])
     return {p.name: need[p.name] for p in plans}
+
+
+def _downstream_closure(plans: Sequence[StagePlan], seeds: dict[str, set[int]]) -> dict[str, set[int]]:
+    """``seeds`` plus every selected chunk that reads one of them, transitively."""
+    out = {name: set(v) for name, v in seeds.items()}
+    for p in plans:
+        up = p.stage.upstream
+        if up is None or not out.get(up) or p.inputs is None:
+            continue
+        hit = out[up]
+        mine = out.setdefault(p.name, set())
+        mine.update(j for j, inputs in enumerate(p.inputs) if any(u in hit for u in inputs))
+    return out
 
 
 class ReadyTracker:

@@ -48,8 +48,10 @@ class RunReport:
     dry_run: bool = False
     manifest_path: Optional[str] = None
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
-    #: Per stage at plan time: name, total, committed, missing, to_run.
+    #: Per stage at plan time: name, total, committed, fresh, stale, missing, to_run.
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: Per stage, the stale chunks this run left as they were (no ``--stale``), by cause.
+    stale_left: dict[str, dict[str, int]] = field(default_factory=dict)
     #: The lease this run took over from a run that was gone (see distetl.lease), if any.
     lease_taken_over_from: Optional[dict[str, Any]] = None
     #: Flow runs of gone runs this run marked Crashed in Prefect.

@@ -214,7 +214,9 @@ class FileList(Plan):
     """One chunk per file matching a glob (or listed explicitly) on any fsspec filesystem.
 
     Chunk fields: ``path`` (full URL, e.g. ``s3://bucket/raw/a.csv``), ``name``
-    (``a.csv``), ``stem`` (``a``); key ``file=a.csv``.
+    (``a.csv``), ``stem`` (``a``), and for a pattern ``fingerprint`` (the file's size
+    plus modification time or ETag, from the listing: a replaced file makes its chunk
+    stale); key ``file=a.csv``.
 
     Attributes:
         pattern: A glob such as ``s3://bucket/raw/*.csv`` or ``data/*.csv``.
@@ -229,10 +231,12 @@ class FileList(Plan):
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
         from distetl.storage import Storage
 
+        stamps: dict[str, str] = {}
         if self.paths:
             found = [str(p) for p in self.paths]
         elif self.pattern:
-            found = Storage.for_url(self.pattern, storage_options).glob(self.pattern)
+            stamps = Storage.for_url(self.pattern, storage_options).glob_stamps(self.pattern)
+            found = list(stamps)
             if not found:
                 raise PlanError(
                     f"at least one file matching {self.pattern!r}",
@@ -254,7 +258,10 @@ class FileList(Plan):
                 )
             seen[name] = path
             stem = name.rsplit(".", 1)[0] if "." in name else name
-            out.append(Chunk(key=f"file={name}", fields={"path": path, "name": name, "stem": stem}, index=i))
+            fields = {"path": path, "name": name, "stem": stem}
+            if path in stamps:
+                fields["fingerprint"] = stamps[path]
+            out.append(Chunk(key=f"file={name}", fields=fields, index=i))
         return out
 
 

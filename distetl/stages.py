@@ -139,6 +139,17 @@ class Stage:
             )
         TargetTemplate(self.target)
 
+    def code_version(self) -> str:
+        """The stage's code version: ``version`` when set, else a digest of what its
+        extract and transform do (:func:`distetl.codeversion.code_version`) and of its
+        target, schema and compression."""
+        if self.version:
+            return str(self.version)
+        from distetl.codeversion import code_version
+
+        return code_version(self.extract, self.transform, extra={
+            "target": self.target, "schema": str(self.schema), "compression": self.compression})
+
     @property
     def is_root(self) -> bool:
         """Whether the stage has no upstream stage."""

@@ -30,7 +30,7 @@ import fsspec
 
 from distetl.errors import StorageError
 
-__all__ = ["Storage", "parse_storage_options", "redact", "DISTETL_OPTIONS"]
+__all__ = ["Storage", "parse_storage_options", "redact", "stamp_of", "DISTETL_OPTIONS"]
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN")
@@ -250,15 +250,24 @@ class Storage:
             StorageError: If the bucket is missing or cannot be read (checked first, with
                 short timeouts).
         """
+        return sorted(self.glob_stamps(pattern))
+
+    def glob_stamps(self, pattern: str) -> dict[str, str]:
+        """The files matching a glob, each with its stamp (see :func:`stamp_of`); one
+        listing on object stores.
+
+        Raises:
+            StorageError: If the bucket is missing or cannot be read.
+        """
         if self.is_s3:
             self.check_root(pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0], role="source")
         try:
             found = self.fs.glob(self.strip(pattern), detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         except Exception as exc:  # noqa: BLE001 - surface any backend error plainly
             raise self._access_error(pattern, exc, role="source") from None
-        return sorted(self.unstrip(p) for p, info in found.items() if info.get("type") != "directory")
+        return {self.unstrip(p): stamp_of(info) for p, info in found.items() if info.get("type") != "directory"}
 
     def list_files(self, root: str) -> set[str]:
         """Every file under ``root`` (recursively), as URLs, with one listing.
@@ -269,13 +278,22 @@ class Storage:
         Raises:
             StorageError: If the listing fails (credentials, endpoint, permissions).
         """
+        return set(self.list_stamps(root))
+
+    def list_stamps(self, root: str) -> dict[str, str]:
+        """Every file under ``root`` (recursively) with its stamp, in one listing (the
+        same requests as :meth:`list_files`: the listing carries sizes and times).
+
+        Raises:
+            StorageError: If the listing fails (credentials, endpoint, permissions).
+        """
         try:
-            found = self.fs.find(self.strip(root))
+            found = self.fs.find(self.strip(root), detail=True)
         except FileNotFoundError:
-            return set()
+            return {}
         except Exception as exc:  # noqa: BLE001
             raise self._access_error(root, exc) from None
-        return {self.unstrip(p) for p in found}
+        return {self.unstrip(p): stamp_of(info) for p, info in found.items()}
 
     def exists(self, url: str) -> bool:
         """Whether one file exists (used on workers as a guard, not for planning).
@@ -577,6 +595,14 @@ class Storage:
                     ) from None
                 raise
         return False  # pragma: no cover - the loop always returns or raises
+
+
+def stamp_of(info: Mapping[str, Any]) -> str:
+    """A file's stamp from its listing entry: size plus ETag (object stores) or
+    modification time (files). A rewritten or replaced file gets another stamp."""
+    size = info.get("size")
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("updated")
+    return f"{size}:{tag}"
 
 
 def _error_code(exc: BaseException) -> str | None:

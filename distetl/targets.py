@@ -28,6 +28,8 @@ class Targets:
         self.output = self.storage.normalize(output)
         #: Hidden files (``.``-names) seen by :meth:`committed`'s listing; None before it.
         self.hidden: set[str] | None = None
+        #: Committed target → its listing stamp (size and mtime or ETag), from the same listing.
+        self.stamps: dict[str, str] = {}
 
     def render(self, chunks: Sequence[Chunk]) -> list[str]:
         """Every chunk's target path, checked at plan time (see TargetTemplate)."""
@@ -49,6 +51,7 @@ class Targets:
     def committed(self, paths: Sequence[str]) -> set[str]:
         """Which of ``paths`` exist, found with one recursive listing of the common root
         (its hidden files are kept in :attr:`hidden`, for the leftovers of killed writes)."""
-        present = self.storage.list_files(self.listing_root())
+        present = self.storage.list_stamps(self.listing_root())
         self.hidden = {p for p in present if posixpath.basename(p).startswith(".")}
-        return {p for p in paths if p in present}
+        self.stamps = {p: present[p] for p in paths if p in present}
+        return set(self.stamps)

@@ -1,0 +1,152 @@
+"""Which committed chunks are stale, and why: plain data over the plan and the records.
+
+A committed chunk is **stale** when what would produce it now differs from what did:
+
+* ``code``: its stage's code version differs from the one recorded (and that change was
+  not accepted with ``distetl accept``);
+* ``input``: its source file (a file plan's chunk) has another size, modification time
+  or ETag than recorded;
+* ``upstream``: an upstream chunk it reads is stale (it will be redone, so this one
+  will be too), or now has another data version than recorded, or the set of chunks it
+  reads changed;
+* ``record``: the file carries no distetl record (another tool or an older distetl
+  wrote it).
+
+There is no limit on the number of inputs a chunk may have. A missing upstream chunk
+(raw data deleted to save space) does not make its readers stale: their records say
+what they were built from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from distetl.records import ChunkRecord
+
+__all__ = ["Acceptance", "StaleChunk", "classify", "CAUSES"]
+
+CAUSES = ("code", "input", "upstream", "record")
+
+
+@dataclass(frozen=True)
+class StaleChunk:
+    """Why one committed chunk is stale.
+
+    Attributes:
+        cause: ``code``, ``input``, ``upstream`` or ``record``.
+        detail: A sentence saying what changed, with the recorded and current values.
+    """
+
+    cause: str
+    detail: str
+
+
+@dataclass
+class Acceptance:
+    """Code versions accepted as equivalent without recomputing (``distetl accept``):
+    per stage, a list of ``{"from": old, "to": new, "keys": [...] or None}``."""
+
+    entries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def accepts(self, stage: str, key: str, recorded: Optional[str], current: Optional[str]) -> bool:
+        """Whether ``recorded`` was accepted as ``current`` for this chunk."""
+        for entry in self.entries.get(stage, ()):
+            if entry["from"] == recorded and entry["to"] == current and (entry["keys"] is None or key in entry["keys"]):
+                return True
+        return False
+
+    def add(self, stage: str, recorded: str, current: str, keys: Optional[Sequence[str]]) -> None:
+        self.entries.setdefault(stage, []).append(
+            {"from": recorded, "to": current, "keys": sorted(keys) if keys is not None else None})
+
+    def to_json(self) -> str:
+        return json.dumps(self.entries, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: Optional[bytes | str]) -> "Acceptance":
+        return cls(json.loads(text) if text else {})
+
+
+def classify(
+    plans: Sequence[Any],
+    records: Mapping[str, Mapping[int, Optional[ChunkRecord]]],
+    versions: Mapping[str, Optional[str]],
+    accepted: Optional[Acceptance] = None,
+) -> dict[str, dict[int, StaleChunk]]:
+    """The stale committed chunks of every stage, upstream first.
+
+    Args:
+        plans: The stages' plans (:class:`distetl.graph.StagePlan`), upstream first.
+        records: Stage → committed chunk index → its record (None: no record).
+        versions: Stage → its current code version.
+        accepted: Accepted code-version changes.
+
+    Returns:
+        Stage → chunk index → why it is stale (fresh chunks are absent).
+    """
+    accepted = accepted or Acceptance()
+    by_name = {p.name: p for p in plans}
+    stale: dict[str, dict[int, StaleChunk]] = {}
+    for plan in plans:
+        name, mine = plan.name, {}
+        current = versions.get(name)
+        upstream = by_name.get(plan.stage.upstream) if plan.stage.upstream else None
+        for i in sorted(plan.committed):
+            chunk = plan.chunks[i]
+            record = records.get(name, {}).get(i)
+            why = _why(plan, i, chunk, record, current, accepted, upstream, records, stale)
+            if why is not None:
+                mine[i] = why
+        stale[name] = mine
+    return stale
+
+
+def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: Optional[str],
+         accepted: Acceptance, upstream: Any, records: Mapping[str, Mapping[int, Optional[ChunkRecord]]],
+         stale: Mapping[str, Mapping[int, StaleChunk]]) -> Optional[StaleChunk]:
+    name = plan.name
+    if record is None:
+        return StaleChunk("record", f"{plan.paths[i]} has no distetl record (written by another tool or an "
+                                    "older distetl): its provenance is unknown")
+    if record.version != current and not accepted.accepts(name, chunk.key, record.version, current):
+        return StaleChunk("code", f"stage {name!r} code changed: recorded version {record.version}, "
+                                  f"current {current}")
+    if upstream is None:
+        now = chunk.fields.get("fingerprint")
+        then = record.inputs.get("source")
+        if now is not None and then != now:
+            return StaleChunk("input", f"source {chunk.fields.get('path', chunk.key)} changed: recorded "
+                                       f"{_stamp(then)}, now {_stamp(now)}")
+        return None
+    expected: dict[str, Any] = {}
+    for u in plan.inputs[i]:
+        ukey = upstream.chunks[u].key
+        if u in stale.get(upstream.name, {}):
+            return StaleChunk("upstream", f"input {upstream.name}:{ukey} is stale "
+                                          f"({stale[upstream.name][u].cause}), so this chunk will be redone after it")
+        if u in upstream.committed:
+            up = records.get(upstream.name, {}).get(u)
+            expected[ukey] = up.data_version if up is not None else None
+        else:
+            expected[ukey] = record.inputs.get(ukey)  # deleted raw data: the record says what it was
+    if set(expected) != set(record.inputs):
+        added = sorted(set(expected) - set(record.inputs))
+        removed = sorted(set(record.inputs) - set(expected))
+        return StaleChunk("upstream", "its inputs changed: " + "; ".join(
+            part for part in (f"added {', '.join(added[:5])}" if added else "",
+                              f"removed {', '.join(removed[:5])}" if removed else "") if part))
+    for ukey, now in expected.items():
+        if record.inputs.get(ukey) != now:
+            return StaleChunk("upstream", f"input {upstream.name}:{ukey} was redone: data version "
+                                          f"{record.inputs.get(ukey)} recorded, {now} now")
+    return None
+
+
+def _stamp(stamp: Optional[str]) -> str:
+    """A stamp (``size:mtime-or-ETag``) for people."""
+    if not stamp:
+        return "nothing"
+    size, _, tag = str(stamp).partition(":")
+    return f"{size} bytes, {'ETag ' + tag if not tag.replace('.', '').isdigit() else 'modified ' + tag}"
