@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from rich.console import Console
 
+from distetl import dates
 from distetl.chunks import Chunk
 from distetl.errors import ConfigError
 from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
@@ -58,6 +59,8 @@ class PlannedRun:
     versions: dict[str, str] = field(default_factory=dict)
     #: Footers read because the index did not cover the file (0 when it did).
     footers_read: int = 0
+    #: Stage → its plan as used: parameters applied, relative dates resolved.
+    used_plans: dict[str, Plan] = field(default_factory=dict)
 
     # -- the first (for a one-stage pipeline, the only) stage ----------------------------
 
@@ -68,8 +71,8 @@ class PlannedRun:
 
     @property
     def plan(self) -> Plan:
-        """The first root stage's plan."""
-        return next(p.stage.plan for p in self.stages if p.stage.plan is not None)
+        """The first root stage's plan, as used (parameters applied, dates resolved)."""
+        return next(self.used_plans.get(p.name, p.stage.plan) for p in self.stages if p.stage.plan is not None)
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -166,6 +169,8 @@ def plan(
     params = dict(params or {})
     _check_params(pipeline, params)
     plans: dict[str, StagePlan] = {}
+    used: dict[str, Plan] = {}
+    today = dates.current()  # once per plan: every stage resolves today-3d to the same day
     for name in names:
         stage = graph.by_name[name]
         targets = Targets(stage.target, output, storage_options)
@@ -174,7 +179,8 @@ def plan(
         inputs = None
         if stage.plan is not None:
             accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
-            chunks = stage.plan.with_params(**accepted).chunks(storage_options)
+            used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
+            chunks = used[name].chunks(storage_options)
         else:
             chunks = stage.mapping.downstream_chunks(plans[stage.upstream].chunks)
         if stage.upstream is not None:
@@ -188,7 +194,7 @@ def plan(
         plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets)
     ordered = list(plans.values())
     check_distinct_paths(ordered)
-    planned = PlannedRun(pipeline, ordered, {}, ordered[0].targets.output)
+    planned = PlannedRun(pipeline, ordered, {}, ordered[0].targets.output, used_plans=used)
     _find_stale(planned)
     extra = {name: set(why) for name, why in planned.stale.items()} if stale else None
     planned.need = decide(ordered, force, extra)
@@ -394,6 +400,7 @@ def _execute(
     from distetl.flow import run_flow
     from distetl.prefect_api import prefect_api, wait_for_task_runs
     from distetl.progress import LiveProgress
+    from distetl.watch import Watch
 
     output = planned.output
     workers = spec.n_workers if spec.kind == "local" else (1 if spec.kind == "sequential" else cluster_threads or 8)
@@ -435,11 +442,13 @@ def _execute(
 
     with prefect_api() as api_url:
         report.prefect_api = api_url
+        watch = Watch(console, report)  # prints the flow run's page and the Dask dashboard
         with live:
             outcome = run_flow(
                 planned.pipeline, source, spec.task_runner(), on_result, on_chunk,
                 flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
-                stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=on_flow_run,
+                stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=watch.flow_run(on_flow_run),
+                on_dashboard=watch.dashboard,
             )
             for (name, index), cause in source.blocked.items():
                 live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED})

@@ -38,6 +38,8 @@ def _base_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
         p.add_argument("--stage", action="append", default=None, metavar="NAME",
                        help="only this stage and the stages it needs (repeatable)")
+        p.add_argument("--tz", default=None, metavar="ZONE",
+                       help="time zone of 'today' in relative plan dates such as --start today-7d (default UTC)")
         if name == "status":
             p.add_argument("--explain", metavar="KEY", default=None,
                            help="say why one chunk is stale (or that it is fresh or missing)")
@@ -61,6 +63,11 @@ def _base_parser() -> argparse.ArgumentParser:
             p.add_argument("--chunk-timeout", type=float, default=None, metavar="SECONDS",
                            help="time limit of one try of one chunk; past it the try fails and is retried")
             p.add_argument("--no-progress", action="store_true", help="no live progress display")
+            p.add_argument("--performance-report", default=None, metavar="FILE.html",
+                           help="write Dask's performance report of the run to FILE.html (Dask runners)")
+            from distetl.alerts import add_alert_arguments
+
+            add_alert_arguments(p)
     cluster = sub.add_parser("cluster", help="start or stop a laptop Dask cluster and Prefect API")
     csub = cluster.add_subparsers(dest="action", required=True)
     up = csub.add_parser("up", help="start a scheduler, N workers and a Prefect server on 127.0.0.1")
@@ -106,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from distetl.cluster import cluster_command
 
             return cluster_command(args, console)
-        return _run_or_status(args, extra, console)
+        from distetl.dates import fixed_today
+
+        with fixed_today(tz=args.tz):  # relative plan dates: one "today" for the whole command
+            return _run_or_status(args, extra, console)
     except DistetlError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         return exc.exit_code
@@ -148,7 +158,11 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         pipeline = pipeline.with_options(**changes)
     from distetl.runners import RunnerSpec
 
-    spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout)
+    spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
+                                   performance_report=args.performance_report)
+    from distetl.alerts import AlertConfig
+
+    alerts = AlertConfig.from_args(args)
     show = not args.no_progress and not args.json and not args.dry_run
     if not args.json:
         console.print(f"[bold]distetl[/] {pipeline.name}: output {args.output} on {spec.describe()}")
@@ -167,6 +181,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
             _print_report(stopped.report, console)
         console.print(f"[yellow]stopped by {stopped.report.interrupted}[/]: {stopped.report.written} chunk(s) "
                       f"committed by this run stay; {stopped.report.not_run} not run; rerun to do the rest")
+        alerts.fire(stopped.report, console, stopped.exit_code)
         return stopped.exit_code
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=1))
@@ -177,6 +192,10 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         console.print(f"chunks: total {report.total}, to run {report.to_run}, to skip {report.total - report.to_run}")
     else:
         _print_report(report, console)
+    if spec.performance_report and os.path.exists(spec.performance_report) and report.flow_run_id:
+        console.print(f"performance report: {spec.performance_report}", highlight=False, soft_wrap=True)
+    if not args.dry_run:
+        alerts.fire(report, console, EXIT_OK if report.ok else EXIT_FAILED)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -204,6 +223,8 @@ def _print_report(report: Any, console: Console) -> None:
     if report.flow_run_id:
         console.print(f"prefect:  flow run {report.flow_run_id} ({report.task_runs_recorded}/{report.task_runs} "
                       f"task runs recorded at {report.prefect_api})")
+        if report.flow_run_url:
+            console.print(f"flow run: {report.flow_run_url}", highlight=False, soft_wrap=True)
 
 
 def _last_failed(planned: Any) -> dict[str, int]:

@@ -155,6 +155,8 @@ class FlowOutcome:
     state: str = ""
     state_message: str = ""
     restarted_workers: list[str] = field(default_factory=list)
+    #: The Dask dashboard of the run's cluster (None without a cluster or dashboard).
+    dashboard_url: Optional[str] = None
 
 
 def _drain_prefect_workers() -> bool:
@@ -200,6 +202,7 @@ def run_flow(
     on_flow_run: Optional[Callable[[str], None]] = None,
     stop: Optional[StopSignal] = None,
     restart_hung_workers: bool = True,
+    on_dashboard: Optional[Callable[[str], None]] = None,
 ) -> FlowOutcome:
     """Run the batches as one Prefect flow run and gather the chunk results.
 
@@ -221,6 +224,8 @@ def run_flow(
         restart_hung_workers: Restart (through their nannies) the Dask workers left
             running a chunk that timed out, once the batches are done. False for a
             local cluster that is closed right after the run anyway.
+        on_dashboard: Called on the driver with the Dask dashboard's URL as soon as the
+            cluster is up (not for the sequential runner, nor a cluster without one).
 
     The flow run ends Failed when any chunk failed (its message counts them and names
     the first keys), Cancelled when the run was stopped, Completed otherwise.
@@ -238,7 +243,7 @@ def run_flow(
 
     run = _ActiveRun(source, pack, pipeline.name, topic, on_result, on_chunk, FlowOutcome(),
                      on_flow_run=on_flow_run, stop=stop or StopSignal(),
-                     restart_hung_workers=restart_hung_workers)
+                     restart_hung_workers=restart_hung_workers, on_dashboard=on_dashboard)
     _ACTIVE[topic] = run
     try:
         flow = Flow(
@@ -281,6 +286,7 @@ class _ActiveRun:
     on_flow_run: Optional[Callable[[str], None]] = None
     stop: StopSignal = field(default_factory=StopSignal)
     restart_hung_workers: bool = True
+    on_dashboard: Optional[Callable[[str], None]] = None
     hung_workers: set[str] = field(default_factory=set)
     partial: dict[str, list[ChunkResult]] = field(default_factory=dict)
     _futures: set[Any] = field(default_factory=set)
@@ -353,6 +359,12 @@ def _backfill(run_key: str) -> Any:
         run.on_flow_run(outcome.flow_run_id)
     runner = context.task_runner if context else None
     client = runner.client if type(runner).__name__ == "DaskTaskRunner" else None
+    if client is not None:
+        from distetl.watch import dashboard_link
+
+        outcome.dashboard_url = dashboard_link(client)
+        if outcome.dashboard_url and run.on_dashboard is not None:
+            run.on_dashboard(outcome.dashboard_url)
     on_chunk = run.on_chunk
     if client is not None:
         client.subscribe_topic(topic, lambda event: on_chunk(event[1]))

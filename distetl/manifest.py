@@ -43,6 +43,9 @@ class RunReport:
     interrupted: Optional[str] = None
     restarted_workers: list[str] = field(default_factory=list)
     prefect_api: Optional[str] = None
+    #: The flow run's page in the Prefect UI, and the run's Dask dashboard (distetl.watch).
+    flow_run_url: Optional[str] = None
+    dashboard_url: Optional[str] = None
     task_runs: int = 0
     task_runs_recorded: Optional[int] = None
     dry_run: bool = False

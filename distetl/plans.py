@@ -62,6 +62,12 @@ class Plan:
             updates[name] = _convert(type(self).__name__, name, known[name], value)
         return dataclasses.replace(self, **updates)
 
+    def resolve_dates(self, today: Any) -> "Plan":
+        """This plan with relative dates (``today-3d``) resolved against ``today`` (a
+        :class:`distetl.dates.Today`), so every stage of a run plans with one day. Plans
+        without dates return themselves."""
+        return self
+
     def describe(self) -> dict[str, Any]:
         """Plain-JSON description of the plan for manifests and logs."""
         out: dict[str, Any] = {"plan": type(self).__name__}
@@ -90,18 +96,12 @@ def _convert(plan: str, name: str, fld: dataclasses.Field, value: Any) -> Any:
 
 
 def _parse_date(plan: str, name: str, value: str | dt.date) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise PlanError(
-            f"an ISO date (YYYY-MM-DD) for {name} of {plan}",
-            repr(value),
-            f"pass e.g. --{name} 2013-01-31",
-        ) from None
+    """An ISO date, or a relative one (``today-3d``, see :mod:`distetl.dates`) resolved
+    against the day fixed for the run (today in UTC when none is)."""
+    from distetl import dates
+
+    today = dates.current() if dates.is_relative(value) else dt.date.min
+    return dates.resolve_date(value, today, name, plan)
 
 
 @dataclass(frozen=True)
@@ -112,17 +112,39 @@ class DateRange(Plan):
     (``2013-01``), ``day``; key ``date=2013-01-03``. For ``freq="month"``: ``month``,
     ``year``, ``start`` and ``end`` (first and last day); key ``month=2013-01``.
 
+    ``start`` and ``end`` may be relative: ``today``, ``yesterday``, ``today-3d``,
+    ``yesterday-1w``, ``today-2m``, ``today-1y`` (see :mod:`distetl.dates`), resolved
+    once per run.
+
     Attributes:
-        start: First day, ISO format.
-        end: Last day, ISO format, inclusive.
+        start: First day, ISO format or relative.
+        end: Last day, ISO format or relative, inclusive.
         freq: ``"day"`` or ``"month"``.
     """
 
     start: str = ""
     end: str = ""
     freq: str = "day"
+    #: What relative dates were resolved from (set by :meth:`resolve_dates`).
+    relative: Any = field(default=None, init=False, repr=False, compare=False)
 
     kind: ClassVar[str] = "date"
+
+    def resolve_dates(self, today: Any) -> "DateRange":
+        from distetl import dates
+
+        given = {n: getattr(self, n) for n in ("start", "end") if dates.is_relative(getattr(self, n))}
+        if not given:
+            return self
+        out = dataclasses.replace(self, **{n: dates.resolve_date(v, today, n).isoformat() for n, v in given.items()})
+        object.__setattr__(out, "relative", {**given, "today": today.date.isoformat(), "tz": today.zone})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.relative:
+            out["relative"] = dict(self.relative)
+        return out
 
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
         first = _parse_date("DateRange", "start", self.start)

@@ -36,6 +36,10 @@ BACKFILL_OFF_SERVICES = (
 )
 
 
+#: API URLs of the per-run servers this process started (their UI is off).
+EMBEDDED_URLS: set[str] = set()
+
+
 def quiet_prefect_env() -> None:
     """Offline-friendly defaults: no telemetry, no analytics (set only if unset)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -182,6 +186,7 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
     else:
         server = EmbeddedServer((home or state_home()) / "prefect")
         url = server.start()
+        EMBEDDED_URLS.add(url)
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:

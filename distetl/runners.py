@@ -63,16 +63,20 @@ class RunnerSpec:
         scheduler: ``tcp://host:port`` (or ``tls://host:port``) for ``remote``.
         connect_timeout: Seconds to wait for a remote scheduler (TCP connect, Dask
             handshake) and for its first worker.
+        performance_report: Write Dask's performance report of the run to this HTML
+            file (Dask runners only; see :mod:`distetl.watch`).
     """
 
     kind: str = "local"
     workers: int | None = None
     scheduler: str | None = None
     connect_timeout: float = 10.0
+    performance_report: str | None = None
 
     @classmethod
     def from_options(
-        cls, runner: str | None, workers: int | None, scheduler: str | None, connect_timeout: float = 10.0
+        cls, runner: str | None, workers: int | None, scheduler: str | None, connect_timeout: float = 10.0,
+        performance_report: str | None = None,
     ) -> "RunnerSpec":
         """Resolve command-line options and ``DISTETL_SCHEDULER`` into one spec.
 
@@ -104,7 +108,12 @@ class RunnerSpec:
             )
         if not connect_timeout or connect_timeout <= 0:
             raise ConfigError("--connect-timeout above 0 seconds", str(connect_timeout), "pass e.g. --connect-timeout 10")
-        return cls(kind=kind, workers=workers, scheduler=scheduler, connect_timeout=connect_timeout)
+        if performance_report is not None:
+            from distetl.watch import check_performance_report
+
+            performance_report = check_performance_report(performance_report, kind)
+        return cls(kind=kind, workers=workers, scheduler=scheduler, connect_timeout=connect_timeout,
+                   performance_report=performance_report)
 
     @property
     def n_workers(self) -> int:
@@ -174,6 +183,7 @@ class RunnerSpec:
             return DaskTaskRunner(
                 address=self.address,
                 client_kwargs={"timeout": f"{self.connect_timeout}s"},
+                performance_report_path=self.performance_report,
             )
         return DaskTaskRunner(
             cluster_class=local_cluster,
@@ -184,6 +194,7 @@ class RunnerSpec:
                 "host": "127.0.0.1",
                 "dashboard_address": ":0",
             },
+            performance_report_path=self.performance_report,
         )
 
     def describe(self) -> str:

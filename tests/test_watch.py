@@ -1,0 +1,59 @@
+"""Watching a run: the Dask dashboard and the Prefect flow run's page are printed, and
+--performance-report writes Dask's performance report."""
+
+from __future__ import annotations
+
+import json
+
+from distetl.watch import flow_run_url, ui_base
+
+from conftest import cli
+
+FLOW = """
+import pandas as pd
+from distetl import IdRange, Pipeline
+
+pipeline = Pipeline(name="watched", plan=IdRange(start=0, stop=4, size=1),
+                    extract=lambda chunk: pd.DataFrame({"id": range(chunk["start"], chunk["stop"])}),
+                    target="{output}/watched/part-{first}.parquet")
+"""
+
+
+def test_a_local_run_prints_its_dashboard_and_flow_run_and_writes_a_performance_report(tmp_path, flow_file,
+                                                                                    prefect_api):
+    flow = flow_file(FLOW)
+    out = tmp_path / "out"
+    html = tmp_path / "perf.html"
+    proc = cli("run", str(flow), "--output", str(out), "--workers", "2", "--no-progress",
+               "--performance-report", str(html))
+    assert proc.returncode == 0, proc.stderr
+    assert "dashboard: http://127.0.0.1:" in proc.stderr
+    manifest = json.loads((out / "_distetl" / "watched" / "latest.json").read_text())
+    url = prefect_api[: -len("/api")] + f"/runs/flow-run/{manifest['flow_run_id']}"
+    assert f"flow run:  {url}" in proc.stderr, "printed as soon as the flow run exists"
+    assert f"flow run: {url}" in proc.stderr, "and at the end"
+    assert proc.stderr.index("dashboard:") < proc.stderr.index("output:")
+    assert manifest["flow_run_url"] == url and manifest["dashboard_url"].startswith("http://127.0.0.1:")
+    assert html.exists() and "Dask Performance Report" in html.read_text()
+    assert f"performance report: {html}" in proc.stderr
+
+
+def test_performance_report_needs_a_dask_runner_and_an_existing_folder(tmp_path, flow_file):
+    flow = flow_file(FLOW)
+    out = tmp_path / "out"
+    seq = cli("run", str(flow), "--output", str(out), "--runner", "sequential", "--performance-report",
+              str(tmp_path / "p.html"))
+    assert seq.returncode == 2 and "--performance-report" in seq.stderr and "sequential" in seq.stderr
+    nowhere = cli("run", str(flow), "--output", str(out), "--performance-report", str(tmp_path / "no" / "p.html"))
+    assert nowhere.returncode == 2 and "Fix:" in nowhere.stderr
+    assert not out.exists()
+
+
+def test_flow_run_url(monkeypatch):
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    assert ui_base("http://127.0.0.1:4200/api") == "http://127.0.0.1:4200"
+    assert flow_run_url("http://h:4200/api/", "abc") == "http://h:4200/runs/flow-run/abc"
+    assert flow_run_url("http://user:pw@h:4200/api", "abc") == "http://***@h:4200/runs/flow-run/abc"
+    assert flow_run_url("http://h:4200/api", None) is None and flow_run_url(None, "abc") is None
+    monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.example.com/")
+    assert flow_run_url("http://h:4200/api", "abc") == "https://prefect.example.com/runs/flow-run/abc"
