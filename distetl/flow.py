@@ -189,7 +189,9 @@ class BatchSource(Protocol):
         """A batch whose chunks are all ready to run, or None if none is ready now."""
 
     def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
-        """The results of a finished batch (releases or blocks their dependants)."""
+        """The results of a finished batch (releases or blocks their dependants). It may
+        replace items of ``results`` with corrected ones (a lost batch's chunk that its
+        worker did commit), which the flow then records."""
 
 
 def run_flow(
@@ -449,8 +451,8 @@ def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any], slots: int) -> 
             result.task_run_id = str(future.task_run_id)
             if not result.stage:
                 result.stage = packed.job.stage
+        run.source.done(packed.job, results)  # may correct results in place (see Dispatcher)
         run.outcome.results.extend(results)
-        run.source.done(packed.job, results)
         for result in results:
             run.on_result(result)
         del future

@@ -195,3 +195,37 @@ def test_without_the_index_the_footers_say_the_same(tmp_path, flow_file, prefect
     pq.write_table(table.replace_schema_metadata({}), target)
     os.utime(target, ns=(1, 1))
     assert _stale(flow, out)["clean"] == (1, {"record": 1})
+
+
+def test_staleness_on_s3_with_and_without_the_index(tmp_path, flow_file, prefect_api, monkeypatch):
+    import uuid
+
+    from s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+
+    for name, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
+                        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(name, value)
+    server = S3Server().start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        bucket = f"stale-{uuid.uuid4().hex[:10]}"
+        server.create_bucket(bucket)
+        flow = flow_file(FLOW)
+        out = f"s3://{bucket}/out"
+        _run(flow, out)
+        keys = set(server.keys(bucket, "out/_distetl/stale/index/"))
+        assert keys == {f"out/_distetl/stale/index/{s}.parquet" for s in ("raw", "clean", "monthly")}
+        flow.write_text(FLOW.replace("FACTOR = 2", "FACTOR = 7"))
+        want = {"raw": (0, {}), "clean": (4, {"code": 4}), "monthly": (2, {"upstream": 2})}
+        assert _stale(flow, out) == want
+        client = server.client()
+        for key in keys:
+            client.delete_object(Bucket=bucket, Key=key)
+        assert _stale(flow, out) == want, "without the index the footers say the same"
+        report, _ = _run(flow, out, "--stale")
+        assert len(_written(report)) == 6
+        assert _stale(flow, out) == {"raw": (0, {}), "clean": (0, {}), "monthly": (0, {})}
+    finally:
+        server.stop()

@@ -71,12 +71,12 @@ def test_batched_on_a_cluster_every_chunk_still_reports(tmp_path, tpch_cache, pr
     events = []
     real = distetl.flow.run_flow
 
-    def spy(pipeline, jobs, task_runner, on_result, on_chunk, flow_run_name):
+    def spy(pipeline, jobs, task_runner, on_result, on_chunk, flow_run_name, **options):
         def chunk(event):
             events.append(event)
             on_chunk(event)
 
-        return real(pipeline, jobs, task_runner, on_result, chunk, flow_run_name)
+        return real(pipeline, jobs, task_runner, on_result, chunk, flow_run_name, **options)
 
     monkeypatch.setattr(distetl.flow, "run_flow", spy)
     out = tmp_path / "out"
