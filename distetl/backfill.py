@@ -448,7 +448,7 @@ def _execute(
                 planned.pipeline, source, spec.task_runner(), on_result, on_chunk,
                 flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
                 stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=watch.flow_run(on_flow_run),
-                on_dashboard=watch.dashboard,
+                on_dashboard=watch.dashboard, record_paths=report.record_paths()[::-1],
             )
             for (name, index), cause in source.blocked.items():
                 live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED})

@@ -39,7 +39,7 @@ from distetl.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTE
 from distetl.loader import sources_for
 from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
-from distetl.prefect_api import override_settings, publish_chunk_table
+from distetl.prefect_api import override_settings, publish_run_artifacts
 from distetl.stopping import StopSignal
 
 __all__ = ["BatchSource", "FlowOutcome", "PackedJob", "run_flow", "split_batches"]
@@ -205,6 +205,7 @@ def run_flow(
     stop: Optional[StopSignal] = None,
     restart_hung_workers: bool = True,
     on_dashboard: Optional[Callable[[str], None]] = None,
+    record_paths: tuple[Optional[str], Optional[str]] = (None, None),
 ) -> FlowOutcome:
     """Run the batches as one Prefect flow run and gather the chunk results.
 
@@ -223,6 +224,8 @@ def run_flow(
             (e.g. to record it in the run's lease).
         stop: The run's stop request (SIGINT/SIGTERM): outstanding batches are cancelled
             and the flow run ends Cancelled.
+        record_paths: Where the run's per-chunk Parquet file and manifest will be
+            (linked from the flow run's artifacts).
         restart_hung_workers: Restart (through their nannies) the Dask workers left
             running a chunk that timed out, once the batches are done. False for a
             local cluster that is closed right after the run anyway.
@@ -245,7 +248,8 @@ def run_flow(
 
     run = _ActiveRun(source, pack, pipeline.name, topic, on_result, on_chunk, FlowOutcome(),
                      on_flow_run=on_flow_run, stop=stop or StopSignal(),
-                     restart_hung_workers=restart_hung_workers, on_dashboard=on_dashboard)
+                     restart_hung_workers=restart_hung_workers, on_dashboard=on_dashboard,
+                     record_paths=record_paths)
     _ACTIVE[topic] = run
     try:
         flow = Flow(
@@ -289,6 +293,7 @@ class _ActiveRun:
     stop: StopSignal = field(default_factory=StopSignal)
     restart_hung_workers: bool = True
     on_dashboard: Optional[Callable[[str], None]] = None
+    record_paths: tuple[Optional[str], Optional[str]] = (None, None)
     hung_workers: set[str] = field(default_factory=set)
     partial: dict[str, list[ChunkResult]] = field(default_factory=dict)
     _futures: set[Any] = field(default_factory=set)
@@ -390,7 +395,7 @@ def _backfill(run_key: str) -> Any:
                 run.outcome.restarted_workers = _restart(client, sorted(run.hung_workers))
         else:
             _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()), IN_FLIGHT_PER_THREAD)
-        publish_chunk_table(run.name, run.outcome.results)
+        publish_run_artifacts(run.name, run.outcome.results, *run.record_paths)
     finally:
         run.client = None
         _LOCAL_LISTENERS.pop(topic, None)

@@ -1,5 +1,15 @@
-"""The run report and its manifest, written under ``{output}/_distetl/`` (ignored by
-Parquet dataset readers, like every ``_``-prefixed path)."""
+"""The run report and its records, written under ``{output}/_distetl/`` (ignored by
+Parquet dataset readers, like every ``_``-prefixed path).
+
+A run writes three things under ``{output}/_distetl/{pipeline}/``:
+
+* ``runs/<time>-<id>.chunks.parquet``: one row per chunk that ran (stage, key, status,
+  rows, bytes, seconds, attempts, worker, task run, error, start time) -- a few tens of
+  bytes per chunk, compressed;
+* ``runs/<time>-<id>.json``: the summary, per-stage counts, the failed chunks (the first
+  :data:`FAILED_IN_MANIFEST`, with a count of the rest) and where the per-chunk file is;
+* ``latest.json``: a pointer to the newest run's manifest (with its summary), not a copy.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,14 @@ from typing import Any, Optional
 from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
 from distetl.storage import Storage, redact
 
-__all__ = ["RunReport", "manifest_dir"]
+__all__ = ["RunReport", "manifest_dir", "read_chunks", "FAILED_IN_MANIFEST"]
+
+#: Failed (and blocked) chunks listed in a run's JSON manifest; the rest are counted.
+FAILED_IN_MANIFEST = 100
+
+#: Per-chunk columns of ``runs/<time>-<id>.chunks.parquet``.
+_CHUNK_COLUMNS = ("stage", "key", "status", "rows", "bytes", "seconds", "attempts", "worker",
+                  "task_run_id", "error", "started", "timed_out")
 
 
 def manifest_dir(output: str, pipeline_name: str) -> str:
@@ -50,6 +67,8 @@ class RunReport:
     task_runs_recorded: Optional[int] = None
     dry_run: bool = False
     manifest_path: Optional[str] = None
+    #: The per-chunk results file (Parquet) of this run, once written.
+    chunks_path: Optional[str] = None
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Per stage at plan time: name, total, committed, fresh, stale, missing, to_run.
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -114,8 +133,24 @@ class RunReport:
     def ok(self) -> bool:
         return not self.failed and not self.blocked and not self.interrupted
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, results: bool = True) -> dict[str, Any]:
+        """The report as plain JSON data.
+
+        Args:
+            results: Include every chunk's result (``--json`` on the command line);
+                without, the failed and blocked chunks only (the first
+                :data:`FAILED_IN_MANIFEST`, with ``failed_not_listed`` counting the rest).
+        """
         data = asdict(self)
+        if not results:
+            del data["results"]
+            bad = [r for r in self.results if r.status in (FAILED, BLOCKED)]
+            data["failed_chunks"] = [
+                {k: v for k, v in r.to_dict().items() if k in ("stage", "key", "status", "error", "attempts",
+                                                               "worker", "task_run_id", "timed_out")}
+                for r in bad[:FAILED_IN_MANIFEST]
+            ]
+            data["failed_not_listed"] = max(0, len(bad) - FAILED_IN_MANIFEST)
         data["storage_options"] = redact(self.storage_options)
         data["summary"] = {
             "total": self.total, "written": self.written, "skipped": self.skipped,
@@ -129,15 +164,71 @@ class RunReport:
         data["host"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
         return data
 
-    def write_manifest(self, storage: Storage) -> str:
-        """Write this report as JSON beside the output; returns its path."""
+    def record_paths(self) -> tuple[str, str]:
+        """Where this run's JSON manifest and per-chunk Parquet file go (known before the
+        run ends, so the Prefect artifact can link them)."""
         stamp = self.started_at.replace(":", "").replace("-", "")
-        path = f"{manifest_dir(self.output, self.pipeline)}/runs/{stamp}-{self.run_id[:8]}.json"
-        data = json.dumps(self.to_dict(), indent=1, default=str).encode()
-        storage.write_atomic(path, data)
-        storage.write_atomic(f"{manifest_dir(self.output, self.pipeline)}/latest.json", data)
+        base = f"{manifest_dir(self.output, self.pipeline)}/runs/{stamp}-{self.run_id[:8]}"
+        return f"{base}.json", f"{base}.chunks.parquet"
+
+    def write_manifest(self, storage: Storage) -> str:
+        """Write the per-chunk Parquet file, the JSON manifest and the ``latest.json``
+        pointer; returns the manifest's path."""
+        path, chunks = self.record_paths()
+        storage.write_atomic(chunks, _chunk_table(self.results))
+        self.chunks_path = chunks
         self.manifest_path = path
+        data = self.to_dict(results=False)
+        storage.write_atomic(path, json.dumps(data, indent=1, default=str).encode())
+        pointer = {"pipeline": self.pipeline, "run_id": self.run_id, "started_at": self.started_at,
+                   "manifest": path, "chunks": chunks, "summary": data["summary"],
+                   "stage_summary": data["stage_summary"], "interrupted": self.interrupted}
+        storage.write_atomic(f"{manifest_dir(self.output, self.pipeline)}/latest.json",
+                             json.dumps(pointer, indent=1, default=str).encode())
         return path
+
+
+def _chunk_table(results: list[ChunkResult]) -> bytes:
+    """The per-chunk results as compressed Parquet bytes (dictionary-encoded strings)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: [getattr(r, name) for r in results] for name in _CHUNK_COLUMNS}
+    table = pa.table({
+        "stage": pa.array(columns["stage"], pa.string()).dictionary_encode(),
+        "key": pa.array(columns["key"], pa.string()),
+        "status": pa.array(columns["status"], pa.string()).dictionary_encode(),
+        "rows": pa.array(columns["rows"], pa.int64()),
+        "bytes": pa.array(columns["bytes"], pa.int64()),
+        "seconds": pa.array(columns["seconds"], pa.float32()),
+        "attempts": pa.array(columns["attempts"], pa.int16()),
+        "worker": pa.array(columns["worker"], pa.string()).dictionary_encode(),
+        "task_run_id": pa.array(columns["task_run_id"], pa.string()).dictionary_encode(),
+        "error": pa.array(columns["error"], pa.string()),
+        "started": pa.array(columns["started"], pa.float64()),
+        "timed_out": pa.array(columns["timed_out"], pa.bool_()),
+    })
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", compression_level=9, use_byte_stream_split=["started"])
+    return buffer.getvalue()
+
+
+def read_chunks(storage: Storage, path: str) -> list[dict[str, Any]]:
+    """The per-chunk results of a run, from its ``.chunks.parquet`` file (or from a
+    manifest's or ``latest.json``'s path: the file is found from it)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    if path.endswith(".json"):
+        data = json.loads(storage.read_bytes(path) or b"{}")
+        path = data.get("chunks") or data.get("chunks_path") or path[:-len(".json")] + ".chunks.parquet"
+    raw = storage.read_bytes(path)
+    if raw is None:
+        return []
+    return pq.read_table(io.BytesIO(raw)).to_pylist()
 
 
 def now_iso() -> str:

@@ -299,22 +299,63 @@ def mark_crashed(flow_run_id: str, message: str) -> tuple[str | None, int | None
     return before, marked
 
 
-def publish_chunk_table(pipeline_name: str, results: list) -> None:
-    """Record every chunk of the flow run in Prefect as one table artifact.
+#: Failed chunks listed in the flow run's summary artifact; the rest are counted.
+FAILED_IN_ARTIFACT = 50
 
-    Chunks are batched into tasks, so a task run covers several chunks; this table
-    keeps each chunk's own record (key, status, rows, bytes, seconds, task run, error)
-    in the API next to the flow run.
+
+def publish_run_artifacts(pipeline_name: str, results: list, chunks_path: str | None = None,
+                          manifest_path: str | None = None) -> None:
+    """Record the flow run's chunks in Prefect, small whatever the chunk count.
+
+    Two artifacts on the flow run: a table with **one row per task run** (its stage,
+    first and last chunk, and how many chunks it wrote, skipped, failed or did not run),
+    and a markdown summary (counts per stage, the first failed chunks with their errors,
+    and where the per-chunk Parquet file and the manifest are: every chunk's own record
+    is there, reachable from the flow run). Never one row per chunk: a million-chunk run
+    would otherwise put a million rows into Prefect's database.
     """
     import re
 
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    rows = [
-        {"chunk": r.key, "status": r.status, "rows": r.rows, "bytes": r.bytes,
-         "seconds": round(r.seconds, 3), "attempts": r.attempts, "task_run_id": r.task_run_id,
-         "error": (r.error or "")[:500]}
-        for r in results
-    ]
+    by_task: dict[str, dict] = {}
+    stages: dict[str, dict[str, int]] = {}
+    failed = []
+    for r in results:
+        row = by_task.get(r.task_run_id)
+        if row is None:
+            row = by_task[r.task_run_id] = {"task_run_id": r.task_run_id, "stage": r.stage, "first": r.key,
+                                            "last": r.key, "chunks": 0, "written": 0, "skipped": 0,
+                                            "failed": 0, "blocked": 0, "not_run": 0, "rows": 0,
+                                            "seconds": 0.0}
+        row["last"] = r.key
+        row["chunks"] += 1
+        row[r.status if r.status in ("written", "skipped", "failed", "blocked") else "not_run"] += 1
+        row["rows"] += r.rows
+        row["seconds"] = round(row["seconds"] + r.seconds, 3)
+        counts = stages.setdefault(r.stage or pipeline_name, {})
+        counts[r.status] = counts.get(r.status, 0) + 1
+        if r.status in ("failed", "blocked"):
+            failed.append(r)
     key = "distetl-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_name.lower()).strip("-")
-    create_table_artifact(table=rows, key=key, description=f"distetl chunks of {pipeline_name}: {len(rows)}")
+    create_table_artifact(table=list(by_task.values()), key=key,
+                          description=f"distetl task runs of {pipeline_name}: {len(by_task)} ({len(results)} chunks)")
+    lines = [f"# distetl · {pipeline_name}", "", f"{len(results)} chunk(s) in {len(by_task)} task run(s).", "",
+             "| stage | " + " | ".join(("written", "skipped", "failed", "blocked", "not_run")) + " |",
+             "|---|---|---|---|---|---|"]
+    for stage, counts in stages.items():
+        lines.append(f"| {stage} | " + " | ".join(str(counts.get(k, 0)) for k in
+                                                 ("written", "skipped", "failed", "blocked", "not_run")) + " |")
+    if failed:
+        lines += ["", f"## Failed or blocked chunks ({len(failed)})", ""]
+        for r in failed[:FAILED_IN_ARTIFACT]:
+            lines.append(f"- `{r.stage}:{r.key}` ({r.status}): {(r.error or '')[:300]}")
+        if len(failed) > FAILED_IN_ARTIFACT:
+            lines.append(f"- … and {len(failed) - FAILED_IN_ARTIFACT} more (see the per-chunk file)")
+    lines += ["", "## Every chunk's record", ""]
+    if chunks_path:
+        lines.append(f"- per-chunk results (Parquet, one row per chunk): `{chunks_path}`")
+    if manifest_path:
+        lines.append(f"- run manifest (JSON): `{manifest_path}`")
+    create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary",
+                             description=f"distetl run summary of {pipeline_name}")

@@ -317,8 +317,8 @@ def task_run_states(api_url: str, task_run_ids: Iterable[str]) -> dict[str, str]
 
 
 def manifest_task_runs(manifest_path: str) -> dict[str, str]:
-    """Chunk key → task run id, from a run manifest."""
-    import json
+    """Chunk key → task run id, from a run's per-chunk records (found from its manifest)."""
+    from distetl.manifest import read_chunks
+    from distetl.storage import Storage
 
-    data = json.loads(Path(manifest_path).read_text())
-    return {r["key"]: r["task_run_id"] for r in data["results"]}
+    return {r["key"]: r["task_run_id"] for r in read_chunks(Storage.for_url(manifest_path), manifest_path)}

@@ -56,6 +56,19 @@ def flow_file(tmp_path):
     return write
 
 
+def last_run(out: Path, pipeline: str) -> tuple[dict, list[dict]]:
+    """The newest run's JSON manifest under ``out`` (through ``latest.json``, a pointer)
+    and its per-chunk records (from the run's ``.chunks.parquet``)."""
+    import json
+
+    from distetl.manifest import read_chunks
+    from distetl.storage import Storage
+
+    latest = json.loads((Path(out) / "_distetl" / pipeline / "latest.json").read_text())
+    manifest = json.loads(Path(latest["manifest"]).read_text())
+    return manifest, read_chunks(Storage.for_url(str(out)), latest["chunks"])
+
+
 def cli(*args: str, env: dict | None = None, timeout: float = 300):
     """Run the distetl command in a subprocess; returns CompletedProcess."""
     import subprocess

@@ -20,7 +20,7 @@ from distetl.execute import BLOCKED, FAILED, WRITTEN, ChunkResult
 from distetl.manifest import RunReport
 
 from cluster_helpers import wait_until
-from conftest import REPO, cli
+from conftest import REPO, cli, last_run
 
 SECRET = "SEKRET-d1stetl-9f3a"
 
@@ -106,7 +106,7 @@ def test_a_failed_run_posts_once_and_runs_the_command_without_any_secret(tmp_pat
     post = hook.posts[0]
     assert post["path"] == "/hooks/T000/B000/tokenpart" and post["type"].startswith("application/json")
     body = post["json"]
-    manifest = json.loads((out / "_distetl" / "alerting" / "latest.json").read_text())
+    manifest, _ = last_run(out, "alerting")
     assert body["status"] == "failed" and body["exit_code"] == 1
     assert body["pipeline"] == "alerting" and body["run_id"] == manifest["run_id"]
     assert body["counts"] == {"total": 6, "written": 4, "skipped": 0, "failed": 2, "blocked": 0, "not_run": 0,

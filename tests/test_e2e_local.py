@@ -51,25 +51,34 @@ def test_full_year_on_local_cluster_then_rerun_commits_nothing(tmp_path, prefect
 
 
 def _assert_every_chunk_recorded_in_prefect(report):
-    """Every chunk's task run is in the API in a final state, and the flow run carries a
-    table artifact with one row per chunk."""
+    """Every chunk's task run is in the API in a final state; the flow run carries a
+    table artifact with one row per task run (never one per chunk) and a summary that
+    links the per-chunk file, which has one row per chunk with its task run."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
     import httpx
+    import json
+
+    from distetl.manifest import read_chunks
+    from distetl.storage import Storage
 
     task_run_ids = {r.task_run_id for r in report.results}
     assert None not in task_run_ids
     with get_client(sync_client=True) as client:
         for task_run_id in task_run_ids:
             assert client.read_task_run(UUID(task_run_id)).state.is_completed()
-    body = {"artifacts": {"flow_run_id": {"any_": [report.flow_run_id]}, "type": {"any_": ["table"]}},
-            "limit": 10, "offset": 0, "sort": "CREATED_DESC"}
-    tables = httpx.post(f"{report.prefect_api}/artifacts/filter", json=body).raise_for_status().json()
+    body = {"artifacts": {"flow_run_id": {"any_": [report.flow_run_id]}}, "limit": 10, "offset": 0,
+            "sort": "CREATED_DESC"}
+    artifacts = httpx.post(f"{report.prefect_api}/artifacts/filter", json=body).raise_for_status().json()
+    tables = [a for a in artifacts if a["type"] == "table"]
     assert len(tables) == 1
-    import json
-
     data = tables[0]["data"]
     rows = json.loads(data) if isinstance(data, str) else data
-    assert sorted(row["chunk"] for row in rows) == sorted(r.key for r in report.results)
     assert {row["task_run_id"] for row in rows} == task_run_ids
+    assert sum(row["chunks"] for row in rows) == len(report.results) > len(rows)
+    summary = [a for a in artifacts if a["type"] == "markdown"]
+    assert len(summary) == 1 and report.chunks_path in summary[0]["data"]
+    chunks = read_chunks(Storage.for_url(report.chunks_path), report.chunks_path)
+    assert sorted(c["key"] for c in chunks) == sorted(r.key for r in report.results)
+    assert {c["task_run_id"] for c in chunks} == task_run_ids

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from conftest import cli
+from conftest import cli, last_run
 
 FLOW = """
 import os
@@ -50,8 +50,9 @@ def test_failing_chunk_is_isolated_and_the_rerun_fixes_it(tmp_path, flow_file, p
     assert proc.returncode == 1, proc.stderr
     assert "ids=30-39" in proc.stderr and "corrupt" in proc.stderr
     assert len(_committed(out)) == 9 and "part-30.parquet" not in _committed(out)
-    manifest = json.loads((out / "_distetl" / "ids" / "latest.json").read_text())
-    failed = [r for r in manifest["results"] if r["status"] == "failed"]
+    manifest, chunks = last_run(out, "ids")
+    failed = [r for r in chunks if r["status"] == "failed"]
+    assert [r["key"] for r in manifest["failed_chunks"]] == ["ids=30-39"]
     assert [r["key"] for r in failed] == ["ids=30-39"]
     assert failed[0]["attempts"] == 2  # retries=1
     assert "ValueError: source for ids=30-39 is corrupt" in failed[0]["error"]

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from cluster_helpers import wait_until
-from conftest import REPO, cli
+from conftest import REPO, cli, last_run
 from distetl.errors import ConfigError
 from distetl.lease import LeaseInfo, RunLease
 from distetl.storage import Storage
@@ -205,7 +205,7 @@ def test_driver_killed_mid_run_next_run_takes_over_and_marks_it_crashed(tmp_path
     assert report["lease_taken_over_from"]["pid"] == driver.pid
     assert report["lease_taken_over_from"]["flow_run_id"] == flow_run_id
     assert report["crashed_runs_marked"] == [flow_run_id]
-    manifest = json.loads((out / "_distetl" / "ids" / "latest.json").read_text())
+    manifest, _ = last_run(out, "ids")
     assert manifest["crashed_runs_marked"] == [flow_run_id]
 
     with get_client(sync_client=True) as client:
@@ -244,7 +244,7 @@ def test_stale_temp_files_of_killed_writes_are_removed_and_counted(tmp_path, flo
     assert report["leftovers_removed"] == 3 and report["summary"]["written"] == 4
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in [*keep, newer])
-    assert json.loads((out / "_distetl" / "ids" / "latest.json").read_text())["leftovers_removed"] == 3
+    assert last_run(out, "ids")[0]["leftovers_removed"] == 3
 
     # Nothing left to run: the run still holds the lease and cleans; the summary says so.
     another = ids / _tmp_name("part-10.parquet")

@@ -180,7 +180,9 @@ def test_backfill_to_s3_on_dask_workers_then_rerun_commits_nothing(s3, bucket, p
     assert table.num_rows == expected_rows
     assert report.manifest_path.startswith(f"s3://{bucket}/warehouse/_distetl/nycflights/runs/")
     latest = json.loads(fs.cat(f"{bucket}/warehouse/_distetl/nycflights/latest.json"))
-    assert latest["summary"]["written"] == 10 and latest["storage_options"] == options
+    assert latest["summary"]["written"] == 10 and latest["run_id"] == report.run_id
+    manifest = json.loads(fs.cat(latest["manifest"].split("://", 1)[1]))
+    assert manifest["storage_options"] == options and manifest["summary"]["written"] == 10
 
     before = s3.etags(bucket, "warehouse/flights/")
     mark = s3.requests.mark()

@@ -18,7 +18,7 @@ import distetl
 from distetl.loader import load_pipeline
 
 from cluster_helpers import DaskProcesses, clean_env
-from conftest import REPO, cli
+from conftest import REPO, cli, last_run
 
 ROLLUPS = str(REPO / "flows" / "nycflights_rollups.py")
 SUMS = ["flights", "cancelled", "dep_delay_sum", "dep_delay_n", "arr_delay_sum", "arr_delay_n", "arr_delayed_15"]
@@ -96,8 +96,10 @@ def test_rollups_match_pandas_prune_and_start_without_a_barrier(tmp_path, prefec
     assert first_monthly < ends["carrier_daily"], "carrier_monthly waited for the whole carrier_daily stage"
 
     # The manifest and task-run names carry the stage of every chunk.
-    manifest = json.loads(Path(report.manifest_path).read_text())
-    assert {r["stage"] for r in manifest["results"]} == {"flights", "carrier_daily", "carrier_monthly", "carrier_year"}
+    manifest, chunks = last_run(out, "nycflights_rollups")
+    assert manifest["run_id"] == report.run_id
+    assert {r["stage"] for r in chunks} == {"flights", "carrier_daily", "carrier_monthly", "carrier_year"}
+    assert len(chunks) == 743
     assert [s["name"] for s in manifest["stage_summary"]] == ["flights", "carrier_daily", "carrier_monthly",
                                                               "carrier_year"]
     _assert_task_runs_named_by_stage(report)
