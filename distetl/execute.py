@@ -23,8 +23,8 @@ from distetl.errors import ChunkError
 from distetl.partitions import strip_partitions
 from distetl.records import RECORD_KEY, data_version, read_record
 from distetl.pipeline import Pipeline, arity
-from distetl.schema import to_table
-from distetl.storage import Storage
+from distetl.schema import is_piece, is_stream, to_table
+from distetl.storage import AtomicSink, Storage
 
 __all__ = ["ChunkContext", "ChunkResult", "ChunkStopped", "ChunkTimeout", "BatchJob", "run_chunk", "run_batch"]
 
@@ -173,9 +173,98 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass
+class _Produced:
+    """One chunk, produced and not yet committed.
+
+    Attributes:
+        rows: Rows in the file.
+        data: The Parquet bytes (one DataFrame or table: committed with ``write_atomic``).
+        sink: Where a streamed chunk was written (committed with ``sink.commit()``).
+        pieces: Pieces of a streamed chunk.
+    """
+
+    rows: int
+    data: Optional[bytes] = None
+    sink: Optional[AtomicSink] = None
+    pieces: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else (self.sink.size if self.sink is not None else 0)
+
+    def commit(self, storage: Storage, path: str, create_only: bool) -> bool:
+        if self.sink is not None:
+            return self.sink.commit()
+        return storage.write_atomic(path, self.data, create_only=create_only)
+
+
+class _Abandoned(Exception):
+    """The try of a chunk was given up on (timed out or stopped) while it streamed."""
+
+
+class _Attempt:
+    """One try of one chunk: the sink its streamed pieces go to, and whether the try was
+    given up on. :meth:`give_up` (from the watching thread, past a time limit or on a
+    stop) aborts the sink at once -- the temp file is removed, the multipart upload
+    aborted -- and the producing thread stops at its next piece.
+
+    Args:
+        open_sink: Makes the sink (``storage.open_atomic(path, ...)``); called on the
+            first piece. None: the file is kept in memory (:func:`_produce` then returns
+            its bytes).
+    """
+
+    def __init__(self, open_sink: Optional[Callable[[], Any]] = None):
+        self._open_sink = open_sink
+        self._guard = threading.Lock()
+        self.sink: Any = None
+        self.given_up = False
+
+    def open(self) -> Any:
+        with self._guard:
+            self.check()
+            self.sink = self._open_sink() if self._open_sink is not None else _MemorySink()
+            return self.sink
+
+    def check(self) -> None:
+        if self.given_up:
+            raise _Abandoned("the chunk was given up on (timed out or stopped); nothing was committed")
+
+    def give_up(self) -> None:
+        """Abort the sink (if any); idempotent, a no-op once committed."""
+        with self._guard:
+            self.given_up = True
+            sink = self.sink
+        if sink is not None:
+            sink.abort()
+
+
+class _MemorySink(io.BytesIO):
+    """A streamed chunk kept in memory (no storage given): :func:`_produce` returns its bytes."""
+
+    def abort(self) -> None:
+        pass
+
+
+def _call(func: Callable[..., Any], value: Any, chunk: Chunk) -> Any:
+    return func(value, chunk) if arity(func) >= 2 else func(value)
+
+
 def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
-             record: Optional[Mapping[str, Any]] = None) -> tuple[Any, bytes]:
-    """Extract, transform and serialise one chunk: its Arrow table and Parquet bytes.
+             record: Optional[Mapping[str, Any]] = None, attempt: Optional[_Attempt] = None) -> _Produced:
+    """Extract, transform and serialise one chunk.
+
+    One DataFrame or Arrow table (the fast path): cast to the schema, partition columns
+    dropped, serialised to Parquet bytes in memory (``_Produced.data``).
+
+    A stream (the extract or the transform returns an iterator, generator, list or
+    ``RecordBatchReader`` of DataFrames, tables or record batches): each piece is cast
+    and written as it comes with ``pyarrow.parquet.ParquetWriter`` to the sink of
+    ``attempt`` (the temp file or multipart upload of the target), so only a few pieces
+    are in memory at once; the file is complete but not committed (``_Produced.sink``).
+    With a streaming extract, the transform is applied to each piece. See
+    :func:`_write_stream`.
 
     ``record`` (see :mod:`distetl.records`; its row count and time are added here)
     goes into the file's key-value metadata, so a file and its provenance cannot
@@ -185,11 +274,13 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
         frame = pipeline.extract(chunk, context)
     else:
         frame = pipeline.extract(chunk)
-    if pipeline.transform is not None:
-        if arity(pipeline.transform) >= 2:
-            frame = pipeline.transform(frame, chunk)
-        else:
-            frame = pipeline.transform(frame)
+    per_piece = None
+    if is_stream(frame):
+        per_piece = pipeline.transform
+    elif pipeline.transform is not None:
+        frame = _call(pipeline.transform, frame, chunk)
+    if is_stream(frame):
+        return _write_stream(pipeline, chunk, context, record, frame, per_piece, attempt or _Attempt())
     table = to_table(frame, pipeline.schema, chunk.key)
     table = strip_partitions(table, pipeline.target, chunk, context.output)
     if record is not None:
@@ -200,7 +291,103 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
         context.record = full
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=pipeline.compression)
-    return table, buffer.getvalue()
+    return _Produced(rows=table.num_rows, data=buffer.getvalue())
+
+
+def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, record: Optional[Mapping[str, Any]],
+                  stream: Any, transform: Optional[Callable[..., Any]], attempt: _Attempt) -> _Produced:
+    """Write a streamed chunk piece by piece to ``attempt``'s sink; not committed.
+
+    Each piece (after ``transform``, if given) is cast to the declared schema -- or,
+    without one, to the first piece's schema, a later piece with other columns or an
+    uncastable column failing the chunk -- its partition columns are checked and
+    dropped, and it is written as a row group (or several) at once; empty pieces are
+    skipped. No piece is kept: memory holds the piece being cast and written and the
+    sink's buffer. The record (with the row count) goes into the footer's key-value
+    metadata. On any failure (or once the attempt is given up on) the sink is aborted
+    and the iterator closed.
+
+    Raises:
+        ChunkError: A piece is not a table, cannot be cast, or its partition column
+            differs from the path (naming the chunk, the piece and the column); or the
+            stream is empty and no schema is declared.
+    """
+    declared = pipeline.schema
+    inferred = None
+    writer = None
+    rows = count = 0
+    iterator = iter(stream)
+    try:
+        for piece in iterator:
+            attempt.check()
+            count += 1
+            if transform is not None:
+                piece = _call(transform, piece, chunk)
+                if not is_piece(piece):
+                    raise ChunkError(
+                        "the transform to return one DataFrame or Arrow table per piece (the extract "
+                        "yields pieces, and the transform is applied to each)",
+                        type(piece).__name__,
+                        "transform one piece at a time (def transform(df): ...), or do the "
+                        "whole-stream work in the extract's generator",
+                        where=f"chunk {chunk.key}, piece {count}",
+                    )
+            table = to_table(piece, declared or inferred, chunk.key, piece=count,
+                             inferred=declared is None and inferred is not None)
+            del piece
+            if declared is None and inferred is None:
+                inferred = table.schema
+            table = _strip_piece(table, pipeline, chunk, context, count)
+            if writer is None:
+                writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
+            if table.num_rows:
+                writer.write_table(table)
+                rows += table.num_rows
+            del table
+        attempt.check()
+        if writer is None:  # not one piece: an empty file of the declared schema
+            if declared is None:
+                raise ChunkError(
+                    "at least one piece (DataFrame or Arrow table) from the chunk's iterator, or a "
+                    "declared schema", "an empty iterator",
+                    "yield at least one (possibly empty) DataFrame, or declare Pipeline(schema=...)",
+                    where=f"chunk {chunk.key}",
+                )
+            table = _strip_piece(declared.empty_table(), pipeline, chunk, context, 0)
+            writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
+        if record is not None:
+            full = {**record, "rows": rows, "produced_at": _now()}
+            writer.add_key_value_metadata({RECORD_KEY: json.dumps(full, sort_keys=True, default=str).encode()})
+            context.record = full
+        writer.close()
+        attempt.check()
+    except BaseException:
+        attempt.give_up()
+        if writer is not None:
+            try:
+                writer.close()  # its footer goes to the aborted sink: refused, nothing written
+            except Exception:  # noqa: BLE001
+                pass
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - keep the error that brought us here
+                pass
+        raise
+    sink = attempt.sink
+    if isinstance(sink, _MemorySink):
+        return _Produced(rows=rows, data=sink.getvalue(), pieces=count)
+    return _Produced(rows=rows, sink=sink, pieces=count)
+
+
+def _strip_piece(table: Any, pipeline: Pipeline, chunk: Chunk, context: ChunkContext, piece: int) -> Any:
+    """:func:`strip_partitions` for one piece, its errors naming the piece."""
+    try:
+        return strip_partitions(table, pipeline.target, chunk, context.output)
+    except ChunkError as exc:
+        where = f"chunk {chunk.key}, piece {piece}" if piece else f"chunk {chunk.key}"
+        raise ChunkError(exc.expected, exc.got, exc.fix, where=where) from None
 
 
 class ChunkTimeout(Exception):
@@ -224,10 +411,13 @@ def _now() -> str:
 def _produce_watched(
     pipeline: Pipeline, chunk: Chunk, context: ChunkContext, timeout: Optional[float],
     should_stop: Optional[Callable[[], bool]], record: Optional[Mapping[str, Any]] = None,
-) -> tuple[Any, bytes]:
+    attempt: Optional[_Attempt] = None,
+) -> _Produced:
     """:func:`_produce` in a daemon thread, given up on past ``timeout`` seconds or once
     ``should_stop()`` is true. A thread given up on is left running (Python cannot kill
-    it) but can commit nothing: the commit happens in the caller.
+    it) but can commit nothing: the commit happens in the caller. A streamed chunk's sink
+    is aborted here when the thread is given up on (its temp file removed, its multipart
+    upload aborted), and the thread stops at its next piece.
 
     Raises:
         ChunkTimeout: Past the time limit.
@@ -238,7 +428,7 @@ def _produce_watched(
 
     def target() -> None:
         try:
-            box["value"] = _produce(pipeline, chunk, context, record)
+            box["value"] = _produce(pipeline, chunk, context, record, attempt)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
         finally:
@@ -255,8 +445,12 @@ def _produce_watched(
         if done.wait(step):
             break
         if should_stop is not None and should_stop():
+            if attempt is not None:
+                attempt.give_up()
             raise ChunkStopped(f"chunk {chunk.key} was stopped with its run; nothing was committed")
         if timeout is not None and time.monotonic() - started >= timeout:
+            if attempt is not None:
+                attempt.give_up()
             raise ChunkTimeout(
                 f"chunk {chunk.key} timed out after {timeout:g} s (its time limit); nothing was "
                 f"committed. Fix: raise the limit with Pipeline(timeout_seconds=...) or "
@@ -298,20 +492,23 @@ def run_chunk(
     timeout = pipeline.timeout_seconds
     while True:
         attempts += 1
+        # A streamed chunk writes to the target's temp file / multipart upload; the try
+        # that fails, times out or is stopped aborts it (nothing reaches the target).
+        attempt = _Attempt(lambda: storage.open_atomic(path, create_only=not force))
         try:
             if timeout is None and not watch_stop:
-                table, data = _produce(pipeline, chunk, context, record)
+                produced = _produce(pipeline, chunk, context, record, attempt)
             else:
-                table, data = _produce_watched(pipeline, chunk, context, timeout,
-                                               should_stop if watch_stop else None, record)
+                produced = _produce_watched(pipeline, chunk, context, timeout,
+                                            should_stop if watch_stop else None, record, attempt)
             if should_stop is not None and should_stop():
                 raise ChunkStopped(f"chunk {chunk.key} was stopped with its run before its commit")
-            committed = storage.write_atomic(path, data, create_only=not force)
+            committed = produced.commit(storage, path, create_only=not force)
             return ChunkResult(
                 key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED, stage=context.stage,
                 record=json.dumps(context.record, sort_keys=True, default=str)
                 if committed and context.record is not None else None,
-                rows=table.num_rows if committed else 0, bytes=len(data) if committed else 0,
+                rows=produced.rows if committed else 0, bytes=produced.size if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
                 timed_out=timed_out, started=wall, ended=time.time(),
             )
@@ -333,6 +530,8 @@ def run_chunk(
                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
                 timed_out=timed_out, started=wall, ended=time.time(),
             )
+        finally:
+            attempt.give_up()  # a no-op once committed
 
 
 def run_batch(

@@ -12,6 +12,9 @@ On S3:
 * A commit is one ``PutObject`` of the finished bytes, create-only (``If-None-Match: *``)
   unless the caller overwrites on purpose: a failed write leaves nothing at the key, and
   of two concurrent writers exactly one wins.
+* A file written piece by piece (:meth:`Storage.open_atomic`, a chunk bigger than memory)
+  is a multipart upload completed only after its last part, create-only the same way
+  (``If-None-Match: *`` on ``CompleteMultipartUpload``), and aborted on any failure.
 * Listings are never cached, so a rerun sees what workers wrote.
 * Plan-time checks use a client with short timeouts and one retry, so a wrong endpoint
   is an error within seconds rather than after minutes of retries.
@@ -21,16 +24,17 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 import time
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
 from distetl.errors import StorageError
 
-__all__ = ["Storage", "parse_storage_options", "redact", "stamp_of", "DISTETL_OPTIONS"]
+__all__ = ["Storage", "AtomicSink", "SinkAborted", "parse_storage_options", "redact", "stamp_of", "DISTETL_OPTIONS"]
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN")
@@ -42,6 +46,12 @@ DISTETL_OPTIONS = ("create_only",)
 
 #: Largest object one S3 ``PutObject`` may carry; bigger commits go multipart.
 SINGLE_PUT_LIMIT = 5 * 2**30
+
+#: Size of the parts of a multipart upload (S3's minimum is 5 MiB, but for the last
+#: part). The part size doubles every :data:`PARTS_PER_SIZE` parts, so S3's limit of
+#: 10,000 parts is reached only past 80 TiB.
+MULTIPART_PART_SIZE = 8 * 2**20
+PARTS_PER_SIZE = 1000
 
 #: botocore settings of the plan-time probe: fail within seconds, not minutes.
 PROBE_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 2, "mode": "standard"}}
@@ -456,8 +466,8 @@ class Storage:
         whole body arrived, so a failure leaves nothing at the key. With ``create_only``
         (and the ``create_only`` storage option not False) the PUT carries
         ``If-None-Match: *``: if the key exists, nothing is written and this returns
-        False. Objects of 5 GiB or more go multipart (still invisible until complete, but
-        not create-only).
+        False. Objects of 5 GiB or more go multipart (invisible until complete, and
+        create-only the same way: see :meth:`open_atomic`).
         Other object stores: one ``pipe_file`` of the finished bytes.
 
         Args:
@@ -497,6 +507,35 @@ class Storage:
             self.fs.makedirs(parent, exist_ok=True)
         self.fs.pipe_file(path, data)
         return True
+
+    def open_atomic(self, url: str, *, create_only: bool = False) -> "AtomicSink":
+        """A file to write piece by piece that appears at ``url`` only on ``commit()``.
+
+        For chunks bigger than memory: the caller writes (e.g. with
+        ``pyarrow.parquet.ParquetWriter``), then calls :meth:`AtomicSink.commit`, or
+        :meth:`AtomicSink.abort` on any failure (also from another thread, e.g. past a
+        time limit). Nothing is ever written at ``url`` before the commit.
+
+        Local: a hidden temp file beside the target (``.{name}.{32 hex}.tmp``, the name
+        :mod:`distetl.leftovers` removes after a kill), fsync, ``os.replace``, as
+        :meth:`write_atomic` (``create_only`` is not applied: the last writer wins).
+        S3: a multipart upload of :data:`MULTIPART_PART_SIZE` parts (one part buffered at
+        a time), completed only by the commit, create-only (``If-None-Match: *`` on
+        ``CompleteMultipartUpload``) as :meth:`write_atomic`'s PUT, and aborted on
+        failure; a file smaller than one part is committed with one ``PutObject``.
+        Other object stores: the bytes are kept in memory and committed with
+        :meth:`write_atomic`.
+
+        Args:
+            url: Final location.
+            create_only: Never replace an existing object (S3).
+        """
+        if self.is_local:
+            return _LocalSink(self.normalize(url))
+        if self.is_s3:
+            exclusive = create_only and self.options.get("create_only", True) is not False
+            return _S3MultipartSink(self, url, exclusive)
+        return _BufferedSink(self, url, create_only)
 
     @property
     def creates_exclusively(self) -> bool:
@@ -566,9 +605,11 @@ class Storage:
         return True
 
     def _put_s3(self, url: str, path: str, data: bytes, exclusive: bool) -> bool:
-        if len(data) >= SINGLE_PUT_LIMIT:
-            self.fs.pipe_file(path, data)
-            return True
+        if len(data) >= SINGLE_PUT_LIMIT:  # too big for one PUT: a create-only multipart upload
+            sink = _S3MultipartSink(self, url, exclusive)
+            with sink:
+                sink.write(data)
+                return sink.commit()
         mode = "create" if exclusive else "overwrite"
         for attempt in range(4):
             try:
@@ -595,6 +636,313 @@ class Storage:
                     ) from None
                 raise
         return False  # pragma: no cover - the loop always returns or raises
+
+
+class SinkAborted(OSError):
+    """A write to, or the commit of, a sink that was aborted (its chunk failed, timed out
+    or was stopped)."""
+
+
+class AtomicSink:
+    """A file written piece by piece that appears at its target only on :meth:`commit`.
+
+    A binary, write-only file object (``write``, ``tell``, ``flush``), e.g. for
+    ``pyarrow.parquet.ParquetWriter`` (which does not close a file it was handed).
+    Made by :meth:`Storage.open_atomic`. As a context manager it aborts on exit unless
+    committed.
+
+    :meth:`abort` may be called from another thread while a write is in progress (a
+    chunk past its time limit): it removes what was written without waiting, that write
+    or the next one raises :class:`SinkAborted` and cleans up again, and the sink can no
+    longer be committed.
+
+    Attributes:
+        url: The target.
+        size: Bytes written so far.
+    """
+
+    closed = False
+
+    def __init__(self, url: str):
+        self.url = url
+        self.size = 0
+        self._io = threading.Lock()      # held while writing or committing
+        self._guard = threading.Lock()   # guards _state
+        self._state = "open"             # open -> committing -> committed | aborted
+
+    # -- the file protocol ---------------------------------------------------------------
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Nothing: a sink ends with :meth:`commit` or :meth:`abort`."""
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        with self._io:
+            try:
+                self._check()
+                self._write(view)
+                self.size += view.nbytes
+                self._check()  # aborted from another thread during the write
+            except SinkAborted:
+                if self._state == "aborted":
+                    self._cleanup(holding_io=True)
+                raise
+        return view.nbytes
+
+    def _check(self) -> None:
+        if self._state == "aborted":
+            raise SinkAborted(f"the write to {self.url} was aborted")
+        if self._state == "committed":
+            raise SinkAborted(f"{self.url} is already committed")
+
+    # -- the end -------------------------------------------------------------------------
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the sink was aborted (nothing of it remains)."""
+        return self._state == "aborted"
+
+    def commit(self) -> bool:
+        """Make the written bytes the file at :attr:`url`, all at once.
+
+        Returns:
+            True if committed; False if a create-only commit found an object there
+            (another writer won; what was written is discarded).
+
+        Raises:
+            SinkAborted: If the sink was aborted.
+            OSError, StorageError: If the commit failed (nothing was committed, what was
+                written is discarded).
+        """
+        with self._io:
+            with self._guard:
+                if self._state != "open":
+                    raise SinkAborted(f"the write to {self.url} was aborted; nothing was committed")
+                self._state = "committing"
+            try:
+                committed = self._commit()
+            except BaseException:
+                with self._guard:
+                    self._state = "aborted"
+                self._cleanup(holding_io=True)
+                raise
+            with self._guard:
+                self._state = "committed" if committed else "aborted"
+            if not committed:
+                self._cleanup(holding_io=True)
+            return committed
+
+    def abort(self) -> None:
+        """Discard everything written; idempotent, a no-op once committed or committing.
+        Safe to call from another thread than the writer's, and never waits for it."""
+        with self._guard:
+            if self._state != "open":
+                return
+            self._state = "aborted"
+        if self._io.acquire(blocking=False):
+            try:
+                self._cleanup(holding_io=True)
+            finally:
+                self._io.release()
+        else:  # a write is in progress in another thread: it cleans up after itself too
+            self._cleanup(holding_io=False)
+
+    def __enter__(self) -> "AtomicSink":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.abort()
+
+    # -- per backend -----------------------------------------------------------------------
+
+    def _write(self, view: memoryview) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> bool:
+        raise NotImplementedError
+
+    def _cleanup(self, holding_io: bool) -> None:
+        """Remove what was written (idempotent). ``holding_io``: no write can be in
+        progress, so local resources (handles, buffers) may be released too."""
+        raise NotImplementedError
+
+
+class _LocalSink(AtomicSink):
+    """A hidden temp file beside the target, fsync'ed and ``os.replace``d by the commit."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        self.temp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        self._handle: Any = open(self.temp, "wb")
+
+    def _write(self, view: memoryview) -> None:
+        self._handle.write(view)
+
+    def _commit(self) -> bool:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.temp, self.url)
+        return True
+
+    def _cleanup(self, holding_io: bool) -> None:
+        if holding_io and not self._handle.closed:
+            try:
+                self._handle.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(self.temp)  # POSIX: also while a writer in another thread has it open
+        except FileNotFoundError:
+            pass
+        except OSError:  # still open (Windows): the writer's own cleanup removes it
+            pass
+
+
+class _S3MultipartSink(AtomicSink):
+    """A multipart upload, one part buffered at a time, completed only by the commit.
+
+    ``CreateMultipartUpload`` is sent when the first part is full; a file smaller than
+    one part is committed with one (create-only) ``PutObject`` instead. The commit
+    uploads the last part, then ``CompleteMultipartUpload`` (with ``If-None-Match: *``
+    when create-only). Any failure, and :meth:`abort`, sends ``AbortMultipartUpload``.
+    """
+
+    def __init__(self, storage: Storage, url: str, exclusive: bool, part_size: Optional[int] = None):
+        super().__init__(url)
+        self._storage = storage
+        self._path = storage.strip(url)
+        self._bucket, _, self._key = self._path.partition("/")
+        self._exclusive = exclusive
+        self._part_size = part_size or MULTIPART_PART_SIZE
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: Optional[str] = None
+
+    @property
+    def parts(self) -> int:
+        """Parts uploaded so far."""
+        return len(self._parts)
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        return self._storage.fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
+
+    def _target(self) -> int:
+        return self._part_size * 2 ** (len(self._parts) // PARTS_PER_SIZE)
+
+    def _write(self, view: memoryview) -> None:
+        offset, total = 0, view.nbytes
+        if self._buffer:
+            take = min(total, self._target() - len(self._buffer))
+            self._buffer += view[:take]
+            offset = take
+            if len(self._buffer) >= self._target():
+                self._upload(self._buffer)
+                self._buffer = bytearray()
+        while total - offset >= self._target():
+            size = self._target()
+            self._upload(view[offset:offset + size])
+            offset += size
+        if offset < total:
+            self._buffer += view[offset:]
+
+    def _upload(self, body: Any) -> None:
+        self._check()
+        if self._upload_id is None:
+            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+        number = len(self._parts) + 1
+        out = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=bytes(body))
+        self._parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
+    def _commit(self) -> bool:
+        if self._upload_id is None:  # smaller than one part: one PutObject, as write_atomic
+            data, self._buffer = bytes(self._buffer), bytearray()
+            return self._storage._put_s3(self.url, self._path, data, self._exclusive)
+        if self._buffer:
+            self._upload(self._buffer)
+            self._buffer = bytearray()
+        match = {"IfNoneMatch": "*"} if self._exclusive else {}
+        for attempt in range(4):
+            try:
+                self._call("complete_multipart_upload", UploadId=self._upload_id,
+                           MultipartUpload={"Parts": self._parts}, **match)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                code = _error_code(exc)
+                if self._exclusive and code in ("PreconditionFailed", "412"):
+                    return False
+                if self._exclusive and code == "ConditionalRequestConflict" and attempt < 3:
+                    # A concurrent conditional write to the key is in flight: retry, which
+                    # then sees the winner's object (412).
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if attempt and self._exclusive and (code == "NoSuchUpload" or isinstance(exc, FileNotFoundError)):
+                    # S3 may end an upload that lost a conflict: then the key has the winner.
+                    if self._storage.exists(self.url):
+                        return False
+                if self._exclusive and code in ("NotImplemented", "501"):
+                    raise StorageError(
+                        f"an S3 server supporting conditional writes (If-None-Match on "
+                        f"CompleteMultipartUpload) at {self._storage.describe()}",
+                        f"{code} for {self.url!r}",
+                        "upgrade the server, or pass --storage-option create_only=false to "
+                        "commit with plain uploads (still atomic; concurrent writers: last wins)",
+                    ) from None
+                raise
+        return False  # pragma: no cover - the loop always returns or raises
+
+    def _cleanup(self, holding_io: bool) -> None:
+        if holding_io:
+            self._buffer = bytearray()
+        upload, self._upload_id = self._upload_id, None
+        if upload is None:
+            return
+        try:
+            self._storage.fs.call_s3("abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=upload)
+        except FileNotFoundError:  # already gone
+            pass
+        except Exception:  # noqa: BLE001 - keep the error that brought us here
+            self._upload_id = upload  # a later cleanup tries again
+
+
+class _BufferedSink(AtomicSink):
+    """Other object stores: the bytes in memory, committed with one ``write_atomic``."""
+
+    def __init__(self, storage: Storage, url: str, create_only: bool):
+        super().__init__(url)
+        self._storage = storage
+        self._create_only = create_only
+        self._buffer = bytearray()
+
+    def _write(self, view: memoryview) -> None:
+        self._buffer += view
+
+    def _commit(self) -> bool:
+        data, self._buffer = bytes(self._buffer), bytearray()
+        return self._storage.write_atomic(self.url, data, create_only=self._create_only)
+
+    def _cleanup(self, holding_io: bool) -> None:
+        if holding_io:
+            self._buffer = bytearray()
 
 
 def stamp_of(info: Mapping[str, Any]) -> str:
