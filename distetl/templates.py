@@ -77,20 +77,25 @@ class TargetTemplate:
     def render_all(self, chunks: Iterable[Chunk], output: str) -> list[str]:
         """Render every chunk's target, checking the paths are distinct.
 
+        The check keeps a set of the paths (not a path → chunk map): a second pass finds
+        the first owner only when there is a duplicate.
+
         Raises:
             PlanError: On the first bad chunk, or if two chunks render the same path.
         """
+        chunks = list(chunks) if not isinstance(chunks, list) else chunks
         paths: list[str] = []
-        owner: dict[str, str] = {}
+        seen: set[str] = set()
         for chunk in chunks:
             path = self.render(chunk, output)
-            if path in owner:
+            if path in seen:
+                first = next(c.key for c, p in zip(chunks, paths) if p == path)
                 raise PlanError(
                     "one target path per chunk",
-                    f"chunks {owner[path]!r} and {chunk.key!r} both rendering {path!r}",
+                    f"chunks {first!r} and {chunk.key!r} both rendering {path!r}",
                     "put a field that differs between chunks (e.g. {key} or {date}) "
                     "into the target template",
                 )
-            owner[path] = chunk.key
+            seen.add(path)
             paths.append(path)
         return paths
