@@ -52,8 +52,8 @@ class LiveProgress:
     @staticmethod
     def _stats(c: dict[str, int]) -> str:
         remaining = c["total"] - c["done"] - c["skipped"] - c["failed"] - c["blocked"]
-        return (f"done {c['done']} · skipped {c['skipped']} · failed {c['failed']} · "
-                f"blocked {c['blocked']} · remaining {remaining} · rows {c['rows']:,}")
+        trouble = "".join(f" · {name} {c[name]}" for name in ("failed", "blocked") if c[name])
+        return f"done {c['done']} · skipped {c['skipped']}{trouble} · left {remaining} · rows {c['rows']:,}"
 
     def chunk(self, event: dict[str, Any]) -> None:
         """Count one chunk's outcome (first report per stage and key wins)."""
@@ -91,18 +91,20 @@ def summary_table(report: RunReport) -> Table:
     """The final table: one row per stage (and one for the whole run when there are
     several) with counts and rows; the caption has MB, seconds and rows/s."""
     table = Table(title=f"distetl · {report.pipeline} · {report.runner}", show_header=True)
-    table.add_column("stage", justify="left")
-    for name in ("total", "written", "skipped", "failed", "blocked", "not run", "rows"):
-        table.add_column(name, justify="right")
     summary = report.stage_summary()
     rows = list(summary)
     if len(summary) > 1:
         rows.append({"name": "all", "total": report.total, "written": report.written, "skipped": report.skipped,
                      "failed": len(report.failed), "blocked": len(report.blocked), "not_run": report.not_run,
                      "rows": report.rows})
+    # "blocked" and "not run" only when some chunk was: a plain run's table fits 80 columns.
+    columns = ["total", "written", "skipped", "failed"] + [
+        name for name in ("blocked", "not_run") if any(row[name] for row in rows)] + ["rows"]
+    table.add_column("stage", justify="left", no_wrap=True)
+    for name in columns:
+        table.add_column(name.replace("_", " "), justify="right")
     for row in rows:
-        table.add_row(row["name"], str(row["total"]), str(row["written"]), str(row["skipped"]),
-                      str(row["failed"]), str(row["blocked"]), str(row["not_run"]), f"{row['rows']:,}")
+        table.add_row(row["name"], *(f"{row[name]:,}" if name == "rows" else str(row[name]) for name in columns))
     rate = report.rows / report.seconds if report.seconds else 0.0
     table.caption = f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s · {rate:,.0f} rows/s"
     if report.leftovers_removed:
