@@ -405,7 +405,8 @@ def _execute(
     output = planned.output
     workers = spec.n_workers if spec.kind == "local" else (1 if spec.kind == "sequential" else cluster_threads or 8)
     plans = {p.name: p for p in planned.stages}
-    records = {p.name: _record_base(planned.pipeline.name, p.stage, report.run_id) for p in planned.stages}
+    records = {p.name: _record_base(planned.pipeline.name, p.name, planned.versions[p.name], report.run_id)
+               for p in planned.stages}
     landed: dict[tuple[str, str], dict[str, Any]] = {}
     storage = planned.targets.storage
 
@@ -503,12 +504,11 @@ def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
             index_entries(stamps, known))
 
 
-def _record_base(pipeline: str, stage: Any, run_id: str) -> dict[str, Any]:
-    """What every chunk record of a stage shares (see :data:`distetl.execute.RECORD_KEY`)."""
+def _record_base(pipeline: str, stage: str, version: str, run_id: str) -> dict[str, Any]:
+    """What every chunk record of a stage shares (see :mod:`distetl.records`)."""
     from distetl import __version__
 
-    return {"pipeline": pipeline, "stage": stage.name, "version": stage.code_version(), "run_id": run_id,
-            "distetl": __version__}
+    return {"pipeline": pipeline, "stage": stage, "version": version, "run_id": run_id, "distetl": __version__}
 
 
 def _reconcile(result: ChunkResult, event: Optional[dict[str, Any]], storage: Any) -> ChunkResult:
