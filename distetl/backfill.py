@@ -403,7 +403,8 @@ def _execute(
     from distetl.watch import Watch
 
     output = planned.output
-    workers = spec.n_workers if spec.kind == "local" else (1 if spec.kind == "sequential" else cluster_threads or 8)
+    workers = spec.batch_threads if spec.kind in ("local", "cluster") else (
+        1 if spec.kind == "sequential" else cluster_threads or 8)
     plans = {p.name: p for p in planned.stages}
     records = {p.name: _record_base(planned.pipeline.name, p.name, planned.versions[p.name], report.run_id)
                for p in planned.stages}

@@ -49,11 +49,14 @@ def _base_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--stale", action="store_true",
                            help="redo stale chunks too, and everything downstream of them")
-            p.add_argument("--runner", choices=["local", "remote", "sequential"], default=None,
+            p.add_argument("--runner", choices=["local", "remote", "sequential", "cluster"], default=None,
                            help="local Dask cluster (default), remote scheduler, or sequential baseline")
             p.add_argument("--workers", type=int, default=None, help="worker processes for --runner local (default: cores)")
             p.add_argument("--scheduler", default=None, help="remote scheduler tcp://HOST:PORT (or DISTETL_SCHEDULER)")
             p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach a remote scheduler")
+            from distetl.clusters import add_cluster_arguments
+
+            add_cluster_arguments(p)
             p.add_argument("--force", action="store_true", help="recompute every chunk, committed or not")
             p.add_argument("--dry-run", action="store_true", help="plan only: print total / to run / to skip")
             p.add_argument("--chunks-per-task", type=int, default=None,
@@ -77,6 +80,9 @@ def _base_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200)
     csub.add_parser("down", help="stop what `cluster up` started")
     csub.add_parser("status", help="show what `cluster up` started")
+    from distetl.ui import add_ui_parser
+
+    add_ui_parser(sub)
     return parser
 
 
@@ -113,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from distetl.cluster import cluster_command
 
             return cluster_command(args, console)
+        if args.command == "ui":
+            from distetl.ui import ui_command
+
+            return ui_command(args, console)
         from distetl.dates import fixed_today
 
         with fixed_today(tz=args.tz):  # relative plan dates: one "today" for the whole command
@@ -159,7 +169,8 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     from distetl.runners import RunnerSpec
 
     spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
-                                   performance_report=args.performance_report)
+                                   performance_report=args.performance_report, cluster_class=args.cluster_class,
+                                   cluster_options=args.cluster_option, adapt=args.adapt)
     from distetl.alerts import AlertConfig
 
     alerts = AlertConfig.from_args(args)
@@ -192,6 +203,9 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         console.print(f"chunks: total {report.total}, to run {report.to_run}, to skip {report.total - report.to_run}")
     else:
         _print_report(report, console)
+    from distetl.clusters import print_scaling
+
+    print_scaling(console)
     if spec.performance_report and os.path.exists(spec.performance_report) and report.flow_run_id:
         console.print(f"performance report: {spec.performance_report}", highlight=False, soft_wrap=True)
     if not args.dry_run:

@@ -386,7 +386,11 @@ def _backfill(run_key: str) -> Any:
         if client is not None:
             from prefect.task_runners import ThreadPoolTaskRunner
 
-            threads = sum(client.nthreads().values()) or 1
+            from distetl.clusters import planned_threads
+
+            # An adaptive (or still starting) cluster has fewer threads now than it will:
+            # keep enough batches queued for the scheduler to scale it up.
+            threads = max(sum(client.nthreads().values()), planned_threads(runner)) or 1
             run.client = client
             slots = max(1, IN_FLIGHT_PER_THREAD * threads)
             with ThreadPoolTaskRunner(max_workers=slots) as pool:

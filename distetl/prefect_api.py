@@ -80,10 +80,17 @@ class EmbeddedServer:
             must outlive its starter (``distetl cluster up``).
         all_services: Run every Prefect server service. False (a per-run server) turns
             off those in :data:`BACKFILL_OFF_SERVICES`.
+        host: Address to listen on (``distetl ui --host``).
+        connect_host: Address this process reaches it at (default: ``host``).
+        ui_api_url: The API URL the UI in a browser calls (default: :attr:`url`).
     """
 
     def __init__(self, home: Path, port: int | None = None, ui: bool = False, tied: bool = True,
-                 all_services: bool = False):
+                 all_services: bool = False, host: str = "127.0.0.1", connect_host: str | None = None,
+                 ui_api_url: str | None = None):
+        self.host = host
+        self.connect_host = connect_host or host
+        self.ui_api_url = ui_api_url
         self.home = Path(home)
         self.port = port or _free_port()
         self.ui = ui
@@ -93,7 +100,7 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"http://{self.connect_host}:{self.port}/api"
 
     def start(self, timeout: float = 90.0) -> str:
         """Start the server and wait until it answers. Returns the API URL.
@@ -109,11 +116,11 @@ class EmbeddedServer:
             PREFECT_UI_ENABLED="1" if self.ui else "0",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             DO_NOT_TRACK="1",
-            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_SERVER_API_HOST=self.host,
             PREFECT_SERVER_API_PORT=str(self.port),
         )
         if self.ui:
-            env["PREFECT_UI_API_URL"] = self.url
+            env["PREFECT_UI_API_URL"] = self.ui_api_url or self.url
         if not self.all_services:
             for service in BACKFILL_OFF_SERVICES:
                 env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
@@ -121,7 +128,7 @@ class EmbeddedServer:
         launcher = ["-m", "distetl._serve", "uvicorn"] if self.tied else ["-m", "uvicorn"]
         self.process = subprocess.Popen(
             [sys.executable, *launcher, "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+             "--host", self.host, "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.PIPE if self.tied else subprocess.DEVNULL,
             start_new_session=True,
@@ -174,6 +181,7 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
     quiet_prefect_env()
     given = os.environ.get("PREFECT_API_URL")
     server: EmbeddedServer | None = None
+    registration = contextlib.ExitStack()  # this run's server, recorded on its database
     if given:
         if not api_healthy(given, timeout=connect_timeout):
             raise ConfigError(
@@ -184,9 +192,19 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
             )
         url = given
     else:
-        server = EmbeddedServer((home or state_home()) / "prefect")
-        url = server.start()
-        EMBEDDED_URLS.add(url)
+        from distetl.ui import registered, running_ui
+
+        database = (home or state_home()) / "prefect"
+        url = running_ui(database) or ""  # a live `distetl ui` on this database: report there
+        if not url:
+            server = EmbeddedServer(database)
+            registration.enter_context(registered(database, server.url, "run"))
+            try:
+                url = server.start()
+            except BaseException:
+                registration.close()
+                raise
+            EMBEDDED_URLS.add(url)
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
@@ -199,6 +217,7 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
             os.environ["PREFECT_API_URL"] = previous
         if server is not None:
             server.stop()
+        registration.close()
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from distetl.errors import ClusterError, ConfigError
 __all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "local_cluster", "probe_cluster"]
 
 SCHEDULER_ENV = "DISTETL_SCHEDULER"
-RUNNERS = ("local", "remote", "sequential")
+RUNNERS = ("local", "remote", "sequential", "cluster")
 
 _TLS_FIX = (
     "for tls:// give the client its certificates through Dask's security configuration "
@@ -57,14 +57,20 @@ class RunnerSpec:
 
     Attributes:
         kind: ``local`` (a LocalCluster, one process per worker, one thread each),
-            ``remote`` (an existing scheduler), or ``sequential`` (Prefect's
-            ``ThreadPoolTaskRunner(max_workers=1)``: the baseline).
+            ``remote`` (an existing scheduler), ``cluster`` (a cluster the run starts
+            from ``cluster_class``: SLURM, Kubernetes, Coiled…), or ``sequential``
+            (Prefect's ``ThreadPoolTaskRunner(max_workers=1)``: the baseline).
         workers: Worker processes for ``local``; defaults to the number of cores.
         scheduler: ``tcp://host:port`` (or ``tls://host:port``) for ``remote``.
         connect_timeout: Seconds to wait for a remote scheduler (TCP connect, Dask
             handshake) and for its first worker.
         performance_report: Write Dask's performance report of the run to this HTML
             file (Dask runners only; see :mod:`distetl.watch`).
+        cluster_class: ``MODULE.CLASS`` of the Dask cluster ``cluster`` starts.
+        cluster_options: Keyword arguments of that class (or, for ``local``, overrides
+            of distetl's ``LocalCluster`` settings).
+        adapt: ``cluster.adapt`` keyword arguments (``minimum``, ``maximum`` workers…)
+            for an adaptive ``local`` or ``cluster`` run; None for a fixed size.
     """
 
     kind: str = "local"
@@ -72,21 +78,33 @@ class RunnerSpec:
     scheduler: str | None = None
     connect_timeout: float = 10.0
     performance_report: str | None = None
+    cluster_class: str | None = None
+    cluster_options: dict[str, Any] = field(default_factory=dict)
+    adapt: dict[str, Any] | None = None
 
     @classmethod
     def from_options(
         cls, runner: str | None, workers: int | None, scheduler: str | None, connect_timeout: float = 10.0,
-        performance_report: str | None = None,
+        performance_report: str | None = None, *, cluster_class: str | None = None,
+        cluster_options: Any = None, adapt: Any = None,
     ) -> "RunnerSpec":
         """Resolve command-line options and ``DISTETL_SCHEDULER`` into one spec.
 
-        A scheduler address (flag or environment) implies ``remote``.
+        A scheduler address (flag or environment) implies ``remote``; a cluster class
+        implies ``cluster``. ``cluster_options`` are ``KEY=VALUE`` strings (values parsed
+        as JSON where they parse) or a mapping; ``adapt`` is ``"min=N,max=M"`` or a
+        mapping.
 
         Raises:
             ConfigError: On conflicting or unknown options.
         """
-        scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
-        kind = runner or ("remote" if scheduler else "local")
+        from distetl.clusters import cluster_conflicts
+
+        env_scheduler = None if scheduler else os.environ.get(SCHEDULER_ENV) or None
+        scheduler = scheduler or env_scheduler
+        kind, workers, cluster_options, adapt = cluster_conflicts(
+            runner, workers, scheduler, env_scheduler is not None, cluster_class, cluster_options, adapt)
+        kind = kind or runner or ("remote" if scheduler else "local")
         if kind not in RUNNERS:
             raise ConfigError(f"--runner one of {', '.join(RUNNERS)}", repr(kind), "pass --runner local")
         if kind == "remote" and not scheduler:
@@ -113,11 +131,23 @@ class RunnerSpec:
 
             performance_report = check_performance_report(performance_report, kind)
         return cls(kind=kind, workers=workers, scheduler=scheduler, connect_timeout=connect_timeout,
-                   performance_report=performance_report)
+                   performance_report=performance_report, cluster_class=cluster_class,
+                   cluster_options=cluster_options, adapt=adapt)
 
     @property
     def n_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        if self.kind == "cluster":
+            return int(self.cluster_options.get("n_workers") or 0)
+        return self.workers or self.cluster_options.get("n_workers") or os.cpu_count() or 1
+
+    @property
+    def batch_threads(self) -> int:
+        """Worker threads a cluster this run starts will have at most (adapt maximum, or
+        its workers, times threads per worker): what batches are sized for."""
+        from distetl.clusters import threads_per_worker
+
+        workers = self.adapt["maximum"] if self.adapt else self.n_workers
+        return max(1, workers * threads_per_worker(self.cluster_class, self.cluster_options))
 
     @property
     def address(self) -> Optional[str]:
@@ -135,6 +165,9 @@ class RunnerSpec:
         Python minor version; and, given a pipeline, every worker can load the flow's
         code (the shipped flow file and everything it imports).
 
+        For a cluster the run starts (``cluster``, or ``local`` with options): the class
+        imports and accepts the options and ``adapt`` keys (:func:`distetl.clusters.check_cluster`).
+
         Args:
             pipeline: The pipeline to check the workers can load (optional).
 
@@ -143,7 +176,13 @@ class RunnerSpec:
 
         Raises:
             ClusterError: With the address, what went wrong and the fix.
+            ConfigError: A cluster class that does not import or rejects an option.
         """
+        if self.kind == "cluster" or (self.kind == "local" and (self.cluster_options or self.adapt)):
+            from distetl.clusters import check_cluster
+
+            check_cluster(self.cluster_class, self.cluster_options, self.adapt)
+            return None
         if self.kind != "remote":
             return None
         address = self.address or ""
@@ -185,6 +224,10 @@ class RunnerSpec:
                 client_kwargs={"timeout": f"{self.connect_timeout}s"},
                 performance_report_path=self.performance_report,
             )
+        if self.kind == "cluster" or self.cluster_options or self.adapt:
+            from distetl.clusters import cluster_runner
+
+            return cluster_runner(self, performance_report_path=self.performance_report)
         return DaskTaskRunner(
             cluster_class=local_cluster,
             cluster_kwargs={
@@ -198,6 +241,11 @@ class RunnerSpec:
         )
 
     def describe(self) -> str:
+        if self.adapt:
+            return (f"{'local Dask cluster' if self.kind == 'local' else self.cluster_class}, adaptive "
+                    f"{self.adapt['minimum']}..{self.adapt['maximum']} worker(s)")
+        if self.kind == "cluster":
+            return f"{self.cluster_class}, {self.n_workers} worker(s)"
         if self.kind == "local":
             return f"local Dask cluster, {self.n_workers} worker process(es)"
         if self.kind == "remote":
