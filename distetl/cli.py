@@ -83,6 +83,9 @@ def _base_parser() -> argparse.ArgumentParser:
     from distetl.ui import add_ui_parser
 
     add_ui_parser(sub)
+    from distetl.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -123,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from distetl.ui import ui_command
 
             return ui_command(args, console)
+        if args.command == "serve":
+            from distetl.serve import serve_command
+
+            return serve_command(args, extra, console)
         from distetl.dates import fixed_today
 
         with fixed_today(tz=args.tz):  # relative plan dates: one "today" for the whole command

@@ -22,6 +22,7 @@ chunk. Heartbeats only serve zombie-run automations; set the variable to keep th
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 import queue
@@ -42,7 +43,23 @@ from distetl.pipeline import Pipeline
 from distetl.prefect_api import override_settings, publish_run_artifacts
 from distetl.stopping import StopSignal
 
-__all__ = ["BatchSource", "FlowOutcome", "PackedJob", "run_flow", "split_batches"]
+__all__ = ["BatchSource", "FlowOutcome", "PackedJob", "adopt_flow_run", "run_flow", "split_batches"]
+
+#: A flow run created elsewhere -- a deployment's scheduled run, see :mod:`distetl.serve`
+#: -- that the next :func:`run_flow` in this context executes instead of creating one.
+_ADOPTED: contextvars.ContextVar[Any] = contextvars.ContextVar("distetl_adopted_flow_run", default=None)
+
+
+@contextlib.contextmanager
+def adopt_flow_run(flow_run: Any) -> Any:
+    """Make the runs in the block execute ``flow_run`` (a Prefect ``FlowRun`` of this
+    pipeline's flow, proposed Pending) as their own flow run, so its record -- task
+    runs, chunk table, final state -- is the backfill's, instead of a new flow run."""
+    token = _ADOPTED.set(flow_run)
+    try:
+        yield flow_run
+    finally:
+        _ADOPTED.reset(token)
 
 #: Default number of batches per worker (``chunks_per_task`` overrides it).
 BATCHES_PER_WORKER = 8
@@ -256,8 +273,14 @@ def run_flow(
             fn=_flow_body(topic), name=pipeline.name, task_runner=task_runner, flow_run_name=flow_run_name,
             validate_parameters=False, persist_result=False, log_prints=False,
         )
+        adopted = _ADOPTED.get()
         with _no_heartbeat_unless_asked():
-            state = flow(return_state=True)
+            if adopted is not None:
+                from prefect.flow_engine import run_flow as run_prefect_flow
+
+                state = run_prefect_flow(flow, flow_run=adopted, return_type="state")
+            else:
+                state = flow(return_state=True)
     finally:
         _ACTIVE.pop(topic, None)
     run.outcome.state = state.type.value if state else ""
