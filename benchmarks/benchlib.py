@@ -443,6 +443,10 @@ def _distetl(w: Workload, variant: str, runner: str, exclude: Sequence[int],
         holder["report"] = report
         m.notes.update(task_runs=report.task_runs, task_runs_recorded=report.task_runs_recorded,
                        skipped=report.skipped, output=output)
+        if len(w.pipeline.all_stages) > 1:
+            from stages_workload import stage_breakdown
+
+            m.notes.update(stage_summary=report.stage_summary(), stages=stage_breakdown(report.results))
         return _from_results(m, report.results)
 
     m = _measure(exclude, body)
@@ -605,6 +609,14 @@ def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
         m = run_naive_prefect(w, limit=spec.get("limit"))
     elif variant == "dask_dataframe":
         m = run_dask_dataframe(w, limit=spec.get("limit"))
+    elif variant == "distetl_by_stage":
+        from stages_workload import run_by_stage
+
+        m = run_by_stage(w)
+    elif variant == "luigi":
+        from luigi_stages import run_luigi
+
+        m = run_luigi(w, days=spec["workload"]["days"])
     else:
         raise ValueError(f"unknown variant {variant!r}")
     if spec.get("label"):

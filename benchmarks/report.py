@@ -73,7 +73,8 @@ def machine() -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         memory = None
     versions = {}
-    for name in ("distetl", "prefect", "prefect-dask", "dask", "distributed", "pandas", "pyarrow", "s3fs", "moto"):
+    for name in ("distetl", "prefect", "prefect-dask", "dask", "distributed", "pandas", "pyarrow", "s3fs", "moto",
+                 "luigi"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -253,7 +254,7 @@ class Bench:
             return False
         fig, axes = plt.subplots(len(workloads), 1, figsize=(9, 2.3 * len(workloads) + 0.8), squeeze=False)
         colors = {"loop": "#999999", "sequential": "#6b6ecf", "distetl": "#2ca02c", "raw_dask": "#1f77b4",
-                  "naive_prefect": "#d62728", "dask_dataframe": "#ff7f0e"}
+                  "naive_prefect": "#d62728", "dask_dataframe": "#ff7f0e", "luigi": "#8c564b"}
         for ax, workload in zip(axes[:, 0], workloads):
             mine = [r for r in rows if r["workload"] == workload]
             names = [r["variant"] for r in mine]

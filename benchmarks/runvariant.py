@@ -26,6 +26,8 @@ PRELOAD = {
     "raw_dask": ("distributed",),
     "naive_prefect": ("naive", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
     "dask_dataframe": ("dask.dataframe", "distributed"),
+    "distetl_by_stage": ("distetl.flow", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
+    "luigi": ("luigi", "luigi_stages"),
 }
 
 

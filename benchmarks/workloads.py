@@ -36,6 +36,10 @@ class Sizes:
         resume_chunks: Committed chunks the resume workload reruns over.
         naive_nyc_sample: Days the naive Prefect variant runs of the nycflights year.
         s3_rerun_chunks: Finished chunks on S3 the S3 rerun lists.
+        stage_days: Day chunks of the root stage of the three-stage ``stages`` workload
+            (as many again in its identity stage, plus one chunk per month). Full mode
+            stops at 5,000 days (10,165 chunks): Luigi's scheduler sorts every pending
+            task on each request for work, so its cost per task grows with the graph.
     """
 
     mode: str
@@ -47,12 +51,15 @@ class Sizes:
     resume_chunks: int
     naive_nyc_sample: int
     s3_rerun_chunks: int
+    stage_days: int = 2_000
 
 
 QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
-              dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000)
+              dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
+              stage_days=2_000)
 FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,
-             dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000)
+             dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000,
+             stage_days=5_000)
 
 TINY_ROWS = 20
 TINY_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])
@@ -79,9 +86,10 @@ def tiny_pipeline(chunks: int, name: str = "tiny") -> Pipeline:
 def make_workload(spec: Mapping[str, Any]):
     """Build a :class:`benchlib.Workload` from a JSON-able spec.
 
-    Spec keys: ``name``, ``kind`` (``tpch``, ``tiny``, ``nycflights``), ``root``, and per
-    kind ``sf``/``parts`` (tpch) or ``chunks`` (tiny); optional ``output_url`` and
-    ``storage_options`` (S3).
+    Spec keys: ``name``, ``kind`` (``tpch``, ``tiny``, ``nycflights``, ``stages``,
+    ``stages_days``), ``root``, and per kind ``sf``/``parts`` (tpch), ``chunks`` (tiny) or
+    ``days`` (stages: the three-stage graph; stages_days: its root stage alone); optional
+    ``output_url`` and ``storage_options`` (S3).
     """
     from benchlib import Workload
 
@@ -98,4 +106,9 @@ def make_workload(spec: Mapping[str, Any]):
         import nycflights
 
         return Workload(spec["name"], nycflights.pipeline, root, **extra)
+    if kind in ("stages", "stages_days"):
+        import stages_workload
+
+        build = stages_workload.stages_pipeline if kind == "stages" else stages_workload.days_pipeline
+        return Workload(spec["name"], build(spec["days"]), root, **extra)
     raise ValueError(f"unknown workload kind {kind!r}")
