@@ -7,7 +7,7 @@ import json
 
 from distetl.watch import flow_run_url, ui_base
 
-from conftest import cli
+from conftest import cli, last_run
 
 FLOW = """
 import pandas as pd
@@ -28,7 +28,7 @@ def test_a_local_run_prints_its_dashboard_and_flow_run_and_writes_a_performance_
                "--performance-report", str(html))
     assert proc.returncode == 0, proc.stderr
     assert "dashboard: http://127.0.0.1:" in proc.stderr
-    manifest = json.loads((out / "_distetl" / "watched" / "latest.json").read_text())
+    manifest, _ = last_run(out, "watched")
     url = prefect_api[: -len("/api")] + f"/runs/flow-run/{manifest['flow_run_id']}"
     assert f"flow run:  {url}" in proc.stderr, "printed as soon as the flow run exists"
     assert f"flow run: {url}" in proc.stderr, "and at the end"
