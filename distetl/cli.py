@@ -282,9 +282,12 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                        "failed_last_run": failed.get(p.name, 0), "committed": c["committed"],
                        "version": planned.versions.get(p.name)})
     if args.json:
-        print(json.dumps({"pipeline": planned.pipeline.name, "output": planned.output, "stages": stages,
-                          "missing": [f"{s}:{k}" if len(counts) > 1 else k for s, k in missing][:1000]},
-                         indent=1))
+        label = (lambda s, k: f"{s}:{k}") if len(counts) > 1 else (lambda s, k: k)
+        print(json.dumps({"pipeline": planned.pipeline.name, "output": planned.output, "total": planned.total,
+                          "stages": stages,
+                          "committed": [label(p.name, p.chunks[i].key) for p in planned.stages
+                                        for i in sorted(p.committed)],
+                          "missing": [label(s, k) for s, k in missing]}, indent=1))
     else:
         table = Table(title=f"{planned.pipeline.name} under {planned.output}")
         for column in ("stage", "total", "fresh", "stale", "missing", "failed (last run)"):
@@ -295,6 +298,9 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                           f"{row['stale']}" + (f" ({why})" if why else ""), str(row["missing"]),
                           str(row["failed_last_run"]))
         console.print(table)
+        for row in stages:
+            console.print(f"{row['name']}: {row['committed']} of {row['total']} chunks committed "
+                          f"({row['fresh']} fresh, {row['stale']} stale); {row['missing']} missing")
         for stage, key in missing[:20]:
             console.print(f"  missing {stage}:{key}" if len(counts) > 1 else f"  missing {key}")
         if len(missing) > 20:
