@@ -36,7 +36,7 @@ from distetl.records import read_record
 from distetl.storage import MULTIPART_PART_SIZE, SinkAborted, Storage
 
 from conftest import REPO
-from s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+from s3_server import S3Server, isolate_aws_env
 
 SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])
 
@@ -338,14 +338,7 @@ def s3():
 
 @pytest.fixture
 def aws(monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_aws_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture

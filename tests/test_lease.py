@@ -270,16 +270,9 @@ def s3():
 
 @pytest.fixture
 def s3_storage(s3, monkeypatch, tmp_path):
-    from s3_server import ACCESS_KEY, REGION, SECRET_KEY
+    from s3_server import isolate_aws_env
 
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_aws_env(monkeypatch, tmp_path)
     bucket = f"distetl-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(bucket)
     return Storage("s3", {"endpoint_url": s3.endpoint}), f"s3://{bucket}/out", bucket

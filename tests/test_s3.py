@@ -31,7 +31,7 @@ from distetl.loader import load_pipeline
 from distetl.storage import Storage
 
 from conftest import REPO, cli
-from s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, closed_port
+from s3_server import S3Server, closed_port, isolate_aws_env
 
 NYC = str(REPO / "flows" / "nycflights.py")
 
@@ -116,14 +116,7 @@ def s3():
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch, tmp_path):
     """Standard AWS settings for the tests; nothing from the machine's own config."""
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_aws_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -200,13 +200,9 @@ def test_without_the_index_the_footers_say_the_same(tmp_path, flow_file, prefect
 def test_staleness_on_s3_with_and_without_the_index(tmp_path, flow_file, prefect_api, monkeypatch):
     import uuid
 
-    from s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+    from s3_server import S3Server, isolate_aws_env
 
-    for name, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                        "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-                        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(name, value)
+    isolate_aws_env(monkeypatch, tmp_path)
     server = S3Server().start()
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
