@@ -247,7 +247,7 @@ def accept(
     Raises:
         ConfigError: For a key that is not code-stale in any selected stage.
     """
-    planned = plan(pipeline, output, params, storage_options)
+    planned = plan(pipeline, output, params, storage_options, stages=stages)
     wanted = set(stages or [p.name for p in planned.stages])
     storage = planned.targets.storage
     path = acceptance_path(planned.output, pipeline.name)
@@ -429,7 +429,7 @@ def _execute(
     class _Source(Dispatcher):
         def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
             for n, result in enumerate(results):
-                results[n] = _reconcile(result, landed.get((job.stage, result.key)), storage)
+                results[n] = _reconcile(result, landed.get((job.stage, result.key)), storage, job.force)
             super().done(job, results)
 
     source = _Source(planned.stages, planned.need, make_job, workers, chunks_per_task)
@@ -491,15 +491,23 @@ def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
     its files): one listing per such stage, the records known at plan time plus those
     of the files written now."""
     fresh: dict[str, dict[str, ChunkRecord]] = {}
+    unknown: dict[str, set[str]] = {}
     for result in report.results:
         if result.status == WRITTEN and result.record:
             fresh.setdefault(result.stage, {})[result.path] = ChunkRecord.from_json(result.record)
+        elif result.status in (WRITTEN, NOT_RUN, FAILED):
+            # Ran (or may have) without its record reaching the driver: the file may be
+            # new while the plan-time record is old. Leave it out of the index, so the
+            # next plan reads its footer.
+            unknown.setdefault(result.stage, set()).add(result.path)
     for p in planned.stages:
-        if not fresh.get(p.name) and not planned.footers_read:
+        if not fresh.get(p.name) and not unknown.get(p.name) and not planned.footers_read:
             continue
         p.targets.committed(p.paths)
         stamps = p.targets.stamps
         known = {p.paths[i]: record for i, record in planned.records.get(p.name, {}).items()}
+        for path in unknown.get(p.name, ()):
+            known.pop(path, None)
         known.update(fresh.get(p.name, {}))
         StageIndex(p.targets.storage, planned.output, planned.pipeline.name, p.name).save(
             index_entries(stamps, known))
@@ -512,13 +520,16 @@ def _record_base(pipeline: str, stage: str, version: str, run_id: str) -> dict[s
     return {"pipeline": pipeline, "stage": stage, "version": version, "run_id": run_id, "distetl": __version__}
 
 
-def _reconcile(result: ChunkResult, event: Optional[dict[str, Any]], storage: Any) -> ChunkResult:
+def _reconcile(result: ChunkResult, event: Optional[dict[str, Any]], storage: Any,
+               replacing: bool = False) -> ChunkResult:
     """A chunk's result corrected by its worker's progress event: a batch lost after a
     chunk committed (its worker died) reports it failed or not run, and a rerun of the
-    batch reports it skipped; the event says this run committed it."""
+    batch reports it skipped; the event says this run committed it. A batch that
+    replaces files (stale or forced chunks) finds the old file there: that proves
+    nothing, so its lost chunks stay failed."""
     if event and event.get("status") == WRITTEN and result.status in (SKIPPED, FAILED, NOT_RUN):
         return replace(result, status=WRITTEN, rows=int(event.get("rows") or 0), error=None)
-    if result.status == FAILED and not result.worker and storage.exists(result.path):
+    if result.status == FAILED and not result.worker and not replacing and storage.exists(result.path):
         # Lost with its batch (no worker reported it), yet committed: its progress
         # event died with the worker. Done, so not failed; not known to be ours.
         return replace(result, status=SKIPPED, error=None)
@@ -542,16 +553,24 @@ def _missing_result(stage: str, key: str, path: str, event: Optional[dict[str, A
 
 def _settle_not_run(report: RunReport, planned: PlannedRun) -> None:
     """After a stop (its cluster closed, so nothing commits any more), find with one
-    listing the chunks reported not run whose targets exist: a worker committed them as
-    the run stopped, and their progress event was lost with the cluster."""
-    not_run = [i for i, r in enumerate(report.results) if r.status == NOT_RUN]
-    if not not_run:
-        return
-    present = planned.targets.committed([report.results[i].path for i in not_run])
-    for i in not_run:
-        if report.results[i].path in present:
-            report.results[i] = replace(report.results[i], status=WRITTEN, error=(
-                "committed as the run stopped; its row count was not reported"))
+    listing per stage the chunks reported not run whose targets now exist and did not
+    before the run: a worker committed them as the run stopped, and their progress event
+    was lost with the cluster."""
+    by_stage: dict[str, list[int]] = {}
+    for i, r in enumerate(report.results):
+        if r.status == NOT_RUN:
+            by_stage.setdefault(r.stage, []).append(i)
+    for p in planned.stages:
+        positions = by_stage.get(p.name)
+        if not positions:
+            continue
+        before = {p.paths[j] for j in p.committed}
+        present = p.targets.committed([report.results[i].path for i in positions])
+        for i in positions:
+            path = report.results[i].path
+            if path in present and path not in before:
+                report.results[i] = replace(report.results[i], status=WRITTEN, error=(
+                    "committed as the run stopped; its row count was not reported"))
 
 
 @contextlib.contextmanager

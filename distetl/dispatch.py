@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-from distetl.execute import SKIPPED, WRITTEN, BatchJob, ChunkResult
+from distetl.execute import NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.graph import ReadyTracker, StagePlan
 
 __all__ = ["Dispatcher", "BATCHES_PER_WORKER"]
@@ -59,7 +59,9 @@ class Dispatcher:
         name = job.stage or self.order[0]
         plan = self.plans[name]
         for result in results:
-            self.tracker.done(name, plan.index_of(result.key), result.status in (WRITTEN, SKIPPED))
+            # Not run (the run stopped): its readers are not blocked, just not run either.
+            self.tracker.done(name, plan.index_of(result.key), result.status in (WRITTEN, SKIPPED),
+                              block=result.status != NOT_RUN)
 
     @property
     def blocked(self) -> dict[tuple[str, int], str]:

@@ -574,18 +574,15 @@ def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], 
     """A chunk's record before it runs: the stage's shared fields, the chunk's key and
     its inputs' fingerprints (a source file's stamp from the plan's listing; each
     upstream file's data version, read from its footer), and its data version."""
-    if inputs:
-        fingerprints: dict[str, Any] = {}
-        for url in inputs:
-            upstream = read_record(storage, url)
-            if upstream is not None:
-                fingerprints[upstream.key] = upstream.data_version
-            else:
-                fingerprints[url] = None
-    elif "fingerprint" in chunk.fields:
-        fingerprints = {"source": chunk.fields["fingerprint"]}
-    else:
-        fingerprints = {}
+    fingerprints: dict[str, Any] = {}
+    for url in inputs:
+        upstream = read_record(storage, url)
+        if upstream is not None:
+            fingerprints[upstream.key] = upstream.data_version
+        else:
+            fingerprints[url] = None
+    if "fingerprint" in chunk.fields:  # a file plan's chunk (of a root or a downstream stage)
+        fingerprints["source"] = chunk.fields["fingerprint"]
     return {**base, "key": chunk.key, "inputs": fingerprints,
             "data_version": data_version(base.get("version"), fingerprints)}
 

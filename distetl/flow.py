@@ -141,8 +141,9 @@ def run_chunks(job: PackedJob, label: str) -> Any:
 
 
 def _batch_id(job: BatchJob) -> str:
-    """A batch's identity within its run: its first chunk's key."""
-    return job.chunks[0][0].key if job.chunks else ""
+    """A batch's identity within its run: its stage and its first chunk's key (two
+    stages' batches may start with the same key)."""
+    return f"{job.stage}\x00{job.chunks[0][0].key if job.chunks else ''}"
 
 
 def split_batches(items: Sequence[Any], workers: int, chunks_per_task: Optional[int]) -> list[list[Any]]:

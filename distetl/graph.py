@@ -240,15 +240,18 @@ class ReadyTracker:
     def ready_count(self, name: str) -> int:
         return len(self.ready[name])
 
-    def done(self, name: str, index: int, ok: bool) -> list[tuple[str, int]]:
+    def done(self, name: str, index: int, ok: bool, block: bool = True) -> list[tuple[str, int]]:
         """Record a chunk's outcome. Committed: release the readers whose inputs are now
-        all committed. Failed (or not run): block every chunk downstream of it.
+        all committed. Failed: block every chunk downstream of it. Not committed with
+        ``block=False`` (not run because the run stopped): its readers stay waiting.
 
         Returns:
             The chunks blocked by this outcome (empty when it committed).
         """
         self.outstanding -= 1
         readers = self.readers.pop((name, index), [])
+        if not ok and not block:
+            return []
         if ok:
             for reader in readers:
                 if reader not in self.waiting:

@@ -113,13 +113,13 @@ def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: 
     if record.version != current and not accepted.accepts(name, chunk.key, record.version, current):
         return StaleChunk("code", f"stage {name!r} code changed: recorded version {record.version}, "
                                   f"current {current}")
+    now = chunk.fields.get("fingerprint")
+    if now is not None and record.inputs.get("source") != now:
+        return StaleChunk("input", f"source {chunk.fields.get('path', chunk.key)} changed: recorded "
+                                   f"{_stamp(record.inputs.get('source'))}, now {_stamp(now)}")
     if upstream is None:
-        now = chunk.fields.get("fingerprint")
-        then = record.inputs.get("source")
-        if now is not None and then != now:
-            return StaleChunk("input", f"source {chunk.fields.get('path', chunk.key)} changed: recorded "
-                                       f"{_stamp(then)}, now {_stamp(now)}")
         return None
+    recorded = {k: v for k, v in record.inputs.items() if k != "source"}
     expected: dict[str, Any] = {}
     for u in plan.inputs[i]:
         ukey = upstream.chunks[u].key
@@ -130,17 +130,17 @@ def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: 
             up = records.get(upstream.name, {}).get(u)
             expected[ukey] = up.data_version if up is not None else None
         else:
-            expected[ukey] = record.inputs.get(ukey)  # deleted raw data: the record says what it was
-    if set(expected) != set(record.inputs):
-        added = sorted(set(expected) - set(record.inputs))
-        removed = sorted(set(record.inputs) - set(expected))
+            expected[ukey] = recorded.get(ukey)  # deleted raw data: the record says what it was
+    if set(expected) != set(recorded):
+        added = sorted(set(expected) - set(recorded))
+        removed = sorted(set(recorded) - set(expected))
         return StaleChunk("upstream", "its inputs changed: " + "; ".join(
             part for part in (f"added {', '.join(added[:5])}" if added else "",
                               f"removed {', '.join(removed[:5])}" if removed else "") if part))
-    for ukey, now in expected.items():
-        if record.inputs.get(ukey) != now:
+    for ukey, version in expected.items():
+        if recorded.get(ukey) != version:
             return StaleChunk("upstream", f"input {upstream.name}:{ukey} was redone: data version "
-                                          f"{record.inputs.get(ukey)} recorded, {now} now")
+                                          f"{recorded.get(ukey)} recorded, {version} now")
     return None
 
 

@@ -88,12 +88,19 @@ class StopSignal:
         threading.Thread(target=callback, name="distetl-stop", daemon=True).start()
 
     def request(self, signum: int = signal.SIGINT) -> None:
-        """Ask the run to stop, as the first signal would."""
+        """Ask the run to stop, as the first signal would.
+
+        Takes no lock (it runs in the signal handler, which may interrupt a thread
+        holding one): it sets the event, and a thread of its own runs the callbacks.
+        """
+        if self.event.is_set():
+            return
+        self.signum = signum
+        self.event.set()
+        threading.Thread(target=self._fire, name="distetl-stop", daemon=True).start()
+
+    def _fire(self) -> None:
         with self._lock:
-            if self.event.is_set():
-                return
-            self.signum = signum
-            self.event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             threading.Thread(target=callback, name="distetl-stop", daemon=True).start()

@@ -144,3 +144,12 @@ def test_a_failed_chunk_blocks_exactly_its_dependants_transitively():
     tracker.done("monthly", 0, True)
     assert tracker.take("total", 10) == [], "the total reads February, which is blocked"
     assert tracker.finished
+
+
+def test_a_chunk_not_run_because_the_run_stopped_blocks_nothing():
+    plans = _plans()
+    tracker = ReadyTracker(plans, decide(plans))
+    tracker.take("raw", 4)
+    assert tracker.done("raw", 0, False, block=False) == []
+    assert tracker.blocked == {}, "a stop is not a failure: readers are not run, not blocked"
+    assert ("clean", 0) in tracker.waiting
