@@ -112,7 +112,7 @@ def status_of(report: Any) -> str:
     """``stopped`` (SIGINT/SIGTERM), ``failed`` (failed or blocked chunks) or ``ok``."""
     if report.interrupted:
         return "stopped"
-    if report.failed or report.blocked:
+    if report.failed_count or report.blocked_count:
         return "failed"
     return "ok"
 
@@ -147,7 +147,7 @@ def alert_payload(report: Any, exit_code: Optional[int] = None) -> dict[str, Any
     status = status_of(report)
     failed = report.failed
     counts = {"total": report.total, "written": report.written, "skipped": report.skipped,
-              "failed": len(failed), "blocked": len(report.blocked), "not_run": report.not_run,
+              "failed": report.failed_count, "blocked": report.blocked_count, "not_run": report.not_run,
               "rows": report.rows}
     flow_run_url = getattr(report, "flow_run_url", None)
     if not flow_run_url and report.flow_run_id:
@@ -174,8 +174,8 @@ def alert_payload(report: Any, exit_code: Optional[int] = None) -> dict[str, Any
              "attempts": r.attempts, "timed_out": bool(getattr(r, "timed_out", False))}
             for r in failed[:MAX_FAILED]
         ],
-        "failed_chunks_not_listed": max(0, len(failed) - MAX_FAILED),
-        "blocked_chunks": len(report.blocked),
+        "failed_chunks_not_listed": max(0, report.failed_count - min(len(failed), MAX_FAILED)),
+        "blocked_chunks": report.blocked_count,
         "manifest": report.manifest_path,
         "prefect": {"flow_run_id": report.flow_run_id, "flow_run_url": flow_run_url,
                     "state": report.flow_state, "message": report.flow_state_message,
@@ -190,7 +190,7 @@ def _headline(report: Any, status: str, counts: Mapping[str, int]) -> str:
     if status == "stopped":
         what = f"stopped by {report.interrupted}: {counts['written']} written, {counts['not_run']} not run"
     elif status == "failed":
-        keys = ", ".join(r.key for r in report.failed[:3]) + (", …" if len(report.failed) > 3 else "")
+        keys = ", ".join(r.key for r in report.failed[:3]) + (", …" if report.failed_count > 3 else "")
         what = (f"{counts['failed']} of {counts['total']} chunk(s) failed"
                 + (f" ({keys})" if keys else "") + (f", {counts['blocked']} blocked" if counts["blocked"] else ""))
     else:

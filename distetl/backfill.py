@@ -17,6 +17,7 @@ from distetl.errors import ConfigError
 from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.lease import RunLease, TakenOver, parse_time
 from distetl.leftovers import remove_leftovers
+from distetl.ledger import RunLedger
 from distetl.manifest import RunReport, now_iso
 from distetl.partitions import check_schema, dataset_root
 from distetl.pipeline import Pipeline
@@ -187,10 +188,8 @@ def plan(
             upstream = plans[stage.upstream]
             inputs = resolve_inputs(stage.mapping, chunks, UpstreamKeys.from_chunks(upstream.chunks),
                                     stage.name, upstream.name)
-        paths = targets.render(chunks)
+        paths, committed = targets.plan(chunks)
         check_schema(targets.template, stage.schema, chunks, paths, targets.output)
-        present = targets.committed(paths)
-        committed = {i for i, path in enumerate(paths) if path in present}
         plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets)
     ordered = list(plans.values())
     check_distinct_paths(ordered)
@@ -429,49 +428,68 @@ def _execute(
     class _Source(Dispatcher):
         def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
             for n, result in enumerate(results):
-                results[n] = _reconcile(result, landed.get((job.stage, result.key)), storage, job.force)
+                # Its worker's event has done its job once the batch is back: drop it,
+                # so the driver keeps events of the batches in flight only.
+                event = landed.pop((job.stage, result.key), None)
+                results[n] = _reconcile(result, event, storage, job.force)
             super().done(job, results)
 
     source = _Source(planned.stages, planned.need, make_job, workers, chunks_per_task)
     live = LiveProgress(console, planned.stage_counts(), enabled=show)
+    ledger = report.ledger = RunLedger([p.name for p in planned.stages])
 
     def on_chunk(event: dict[str, Any]) -> None:
         landed.setdefault((event.get("stage") or "", event["key"]), event)
         live.chunk(event)
-
-    def on_result(result: ChunkResult) -> None:
-        live.chunk({"key": result.key, "status": result.status, "rows": result.rows, "stage": result.stage})
 
     with prefect_api() as api_url:
         report.prefect_api = api_url
         watch = Watch(console, report)  # prints the flow run's page and the Dask dashboard
         with live:
             outcome = run_flow(
-                planned.pipeline, source, spec.task_runner(), on_result, on_chunk,
+                planned.pipeline, source, spec.task_runner(), live.settle, on_chunk,
                 flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
                 stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=watch.flow_run(on_flow_run),
-                on_dashboard=watch.dashboard, record_paths=report.record_paths()[::-1],
+                on_dashboard=watch.dashboard, record_paths=report.record_paths()[::-1], ledger=ledger,
             )
             for (name, index), cause in source.blocked.items():
-                live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED})
+                live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED}, remember=False)
         report.task_runs = len(outcome.task_run_ids)
         report.task_runs_recorded = wait_for_task_runs(outcome.task_run_ids, timeout=record_timeout)
     report.flow_run_id = outcome.flow_run_id
     report.flow_state = outcome.state
     report.flow_state_message = outcome.state_message
     report.restarted_workers = outcome.restarted_workers
-    results = {(r.stage, r.key): r for r in outcome.results}
-    stopped = stop is not None and stop.stopped
-    for plan in planned.stages:
-        for i in planned.need[plan.name]:
-            chunk, path = plan.chunks[i], plan.paths[i]
-            result = results.get((plan.name, chunk.key))
-            if result is None:
-                result = _missing_result(plan.name, chunk.key, path, landed.get((plan.name, chunk.key)),
-                                         source.blocked.get((plan.name, i)), stopped)
-            report.results.append(result)
-    if stopped:
-        _settle_not_run(report, planned)
+    _settle_unreported(planned, source, landed, ledger, stop is not None and stop.stopped)
+
+
+def _settle_unreported(planned: PlannedRun, source: Any, landed: dict[tuple[str, str], dict[str, Any]],
+                       ledger: RunLedger, stopped: bool) -> None:
+    """The results of the chunks that ran but no batch reported: committed by a lost
+    batch (its worker's event says so), blocked by a failed input, not run because the
+    run stopped, or lost.
+
+    After a stop (its cluster closed, so nothing commits any more) one listing per stage
+    finds the chunks not run whose targets now exist and did not before the run: a
+    worker committed them as the run stopped, and their progress event was lost with
+    the cluster.
+    """
+    for p in planned.stages:
+        reported = source.reported[p.name]
+        present: Optional[dict[str, str]] = None
+        for i in planned.need[p.name]:
+            if i in reported:
+                continue
+            chunk, path = p.chunks[i], p.paths[i]
+            result = _missing_result(p.name, chunk.key, path, landed.get((p.name, chunk.key)),
+                                     source.blocked.get((p.name, i)), stopped)
+            if result.status == NOT_RUN and i not in p.committed:
+                if present is None:
+                    present = p.targets.storage.list_stamps(p.targets.listing_root())
+                if path in present:
+                    result = replace(result, status=WRITTEN,
+                                     error="committed as the run stopped; its row count was not reported")
+            ledger.add(result, task_run=False)
 
 
 def _stale_left(planned: PlannedRun) -> dict[str, dict[str, int]]:
@@ -492,14 +510,15 @@ def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
     of the files written now."""
     fresh: dict[str, dict[str, ChunkRecord]] = {}
     unknown: dict[str, set[str]] = {}
-    for result in report.results:
-        if result.status == WRITTEN and result.record:
-            fresh.setdefault(result.stage, {})[result.path] = ChunkRecord.from_json(result.record)
-        elif result.status in (WRITTEN, NOT_RUN, FAILED):
-            # Ran (or may have) without its record reaching the driver: the file may be
-            # new while the plan-time record is old. Leave it out of the index, so the
-            # next plan reads its footer.
-            unknown.setdefault(result.stage, set()).add(result.path)
+    for batch in report.ledger.batches(("stage", "path", "status", "record")):
+        for stage, path, status, record in zip(*(batch.column(n).to_pylist() for n in range(4))):
+            if status == WRITTEN and record:
+                fresh.setdefault(stage, {})[path] = ChunkRecord.from_json(record)
+            elif status in (WRITTEN, NOT_RUN, FAILED):
+                # Ran (or may have) without its record reaching the driver: the file may
+                # be new while the plan-time record is old. Leave it out of the index, so
+                # the next plan reads its footer.
+                unknown.setdefault(stage, set()).add(path)
     for p in planned.stages:
         if not fresh.get(p.name) and not unknown.get(p.name) and not planned.footers_read:
             continue
@@ -549,28 +568,6 @@ def _missing_result(stage: str, key: str, path: str, event: Optional[dict[str, A
         return ChunkResult(key=key, path=path, status=NOT_RUN, stage=stage, error="not run: the run was stopped")
     return ChunkResult(key=key, path=path, status=FAILED, stage=stage,
                        error="no result came back (worker or task lost); rerun to redo it")
-
-
-def _settle_not_run(report: RunReport, planned: PlannedRun) -> None:
-    """After a stop (its cluster closed, so nothing commits any more), find with one
-    listing per stage the chunks reported not run whose targets now exist and did not
-    before the run: a worker committed them as the run stopped, and their progress event
-    was lost with the cluster."""
-    by_stage: dict[str, list[int]] = {}
-    for i, r in enumerate(report.results):
-        if r.status == NOT_RUN:
-            by_stage.setdefault(r.stage, []).append(i)
-    for p in planned.stages:
-        positions = by_stage.get(p.name)
-        if not positions:
-            continue
-        before = {p.paths[j] for j in p.committed}
-        present = p.targets.committed([report.results[i].path for i in positions])
-        for i in positions:
-            path = report.results[i].path
-            if path in present and path not in before:
-                report.results[i] = replace(report.results[i], status=WRITTEN, error=(
-                    "committed as the run stopped; its row count was not reported"))
 
 
 @contextlib.contextmanager

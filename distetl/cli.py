@@ -225,7 +225,9 @@ def _print_report(report: Any, console: Console) -> None:
 
     console.print(summary_table(report))
     if report.failed:
-        table = Table(title="failed chunks (rerun to redo them)", show_lines=False)
+        more = report.failed_count - len(report.failed[:50])
+        table = Table(title="failed chunks (rerun to redo them)" + (f"; {more} more in the run's per-chunk file"
+                                                                    if more else ""), show_lines=False)
         table.add_column("chunk")
         table.add_column("error")
         for result in report.failed[:50]:

@@ -12,13 +12,18 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
+from distetl.chunkseq import IndexSet
 from distetl.execute import NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.graph import ReadyTracker, StagePlan
 
-__all__ = ["Dispatcher", "BATCHES_PER_WORKER"]
+__all__ = ["Dispatcher", "BATCHES_PER_WORKER", "MAX_BATCH"]
 
 #: Default number of batches per worker per stage (``chunks_per_task`` overrides it).
 BATCHES_PER_WORKER = 8
+
+#: Most chunks in a default batch: what is in flight (chunks, paths, results) stays
+#: small whatever the chunk count, at a few milliseconds of Prefect per batch.
+MAX_BATCH = 2_000
 
 
 class Dispatcher:
@@ -45,23 +50,40 @@ class Dispatcher:
             self.sizes = {name: max(1, chunks_per_task) for name in self.order}
         else:
             batches = max(1, workers) * BATCHES_PER_WORKER
-            self.sizes = {name: max(1, math.ceil(len(need[name]) / batches)) for name in self.order}
+            self.sizes = {name: min(MAX_BATCH, max(1, math.ceil(len(need[name]) / batches)))
+                          for name in self.order}
+        #: Stage → the chunk indexes of the batches in flight, by batch.
+        self._in_flight: dict[tuple[str, str], list[int]] = {}
+        #: Stage → indexes of the chunks with a result (not "not run"): the rest of what
+        #: runs was blocked, lost, or not run because the run stopped.
+        self.reported = {p.name: IndexSet(len(p.chunks)) for p in plans}
 
     def next_batch(self) -> Optional[BatchJob]:
         """The next batch of ready chunks (deepest stage first), or None."""
         for name in reversed(self.order):
             if self.tracker.ready_count(name):
-                return self.make_job(self.plans[name], self.tracker.take(name, self.sizes[name]))
+                plan = self.plans[name]
+                indexes = self.tracker.take(name, self.sizes[name])
+                job = self.make_job(plan, indexes)
+                self._in_flight[(name, job.chunks[0][0].key)] = indexes
+                return job
         return None
 
     def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
         """Feed a finished batch's results to the graph."""
         name = job.stage or self.order[0]
-        plan = self.plans[name]
+        indexes = self._in_flight.pop((name, job.chunks[0][0].key), None) if job.chunks else None
+        if indexes is None:  # not handed out here: find the indexes from the keys
+            plan = self.plans[name]
+            indexes = [plan.index_of(c.key) for c, _ in job.chunks]
+        position = {c.key: i for (c, _), i in zip(job.chunks, indexes)}
+        reported = self.reported[name]
         for result in results:
+            index = position[result.key]
+            if result.status != NOT_RUN:
+                reported.add(index)
             # Not run (the run stopped): its readers are not blocked, just not run either.
-            self.tracker.done(name, plan.index_of(result.key), result.status in (WRITTEN, SKIPPED),
-                              block=result.status != NOT_RUN)
+            self.tracker.done(name, index, result.status in (WRITTEN, SKIPPED), block=result.status != NOT_RUN)
 
     @property
     def blocked(self) -> dict[tuple[str, int], str]:

@@ -37,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from distetl.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
+from distetl.ledger import RunLedger
 from distetl.loader import sources_for
 from distetl.packing import PackedJob, run_packed
 from distetl.pipeline import Pipeline
@@ -167,7 +168,8 @@ def split_batches(items: Sequence[Any], workers: int, chunks_per_task: Optional[
 class FlowOutcome:
     """What the flow hands back to the driver."""
 
-    results: list[ChunkResult] = field(default_factory=list)
+    #: Every chunk result the batches reported (counted and spilled, see distetl.ledger).
+    ledger: RunLedger = field(default_factory=lambda: RunLedger(()))
     flow_run_id: Optional[str] = None
     task_run_ids: list[str] = field(default_factory=list)
     state: str = ""
@@ -224,6 +226,7 @@ def run_flow(
     restart_hung_workers: bool = True,
     on_dashboard: Optional[Callable[[str], None]] = None,
     record_paths: tuple[Optional[str], Optional[str]] = (None, None),
+    ledger: Optional[RunLedger] = None,
 ) -> FlowOutcome:
     """Run the batches as one Prefect flow run and gather the chunk results.
 
@@ -249,6 +252,9 @@ def run_flow(
             local cluster that is closed right after the run anyway.
         on_dashboard: Called on the driver with the Dask dashboard's URL as soon as the
             cluster is up (not for the sequential runner, nor a cluster without one).
+        ledger: Where the chunk results go (``outcome.ledger``; default: a new one).
+            Results with status "not run" (the run stopped) are not added: the caller
+            settles those.
 
     The flow run ends Failed when any chunk failed (its message counts them and names
     the first keys), Cancelled when the run was stopped, Completed otherwise.
@@ -264,7 +270,8 @@ def run_flow(
     def pack(job: BatchJob) -> PackedJob:
         return PackedJob(replace(job, topic=topic), blob, digest, sources)
 
-    run = _ActiveRun(source, pack, pipeline.name, topic, on_result, on_chunk, FlowOutcome(),
+    outcome = FlowOutcome(ledger=ledger) if ledger is not None else FlowOutcome()
+    run = _ActiveRun(source, pack, pipeline.name, topic, on_result, on_chunk, outcome,
                      on_flow_run=on_flow_run, stop=stop or StopSignal(),
                      restart_hung_workers=restart_hung_workers, on_dashboard=on_dashboard,
                      record_paths=record_paths)
@@ -423,7 +430,7 @@ def _backfill(run_key: str) -> Any:
                 run.outcome.restarted_workers = _restart(client, sorted(run.hung_workers))
         else:
             _gather(run, lambda job: run_chunks.submit(job=job, label=job.job.label()), IN_FLIGHT_PER_THREAD)
-        publish_run_artifacts(run.name, run.outcome.results, *run.record_paths)
+        publish_run_artifacts(run.name, run.outcome.ledger, *run.record_paths)
     finally:
         run.client = None
         _LOCAL_LISTENERS.pop(topic, None)
@@ -436,14 +443,16 @@ def _final_state(run: _ActiveRun) -> Any:
     """Cancelled if the run was stopped, Failed if a chunk failed, else None (Completed)."""
     from prefect.states import Cancelled, Failed
 
-    failed = [r.key for r in run.outcome.results if r.status == FAILED]
+    ledger = run.outcome.ledger
+    failed = ledger.count(FAILED)
     if run.stop.stopped:
         return Cancelled(message=(
-            f"stopped by {run.stop.name}: committed chunks stay ({len(failed)} failed before the stop); "
+            f"stopped by {run.stop.name}: committed chunks stay ({failed} failed before the stop); "
             "rerun to do the rest"))
     if failed:
-        first = ", ".join(failed[:5]) + (", …" if len(failed) > 5 else "")
-        return Failed(message=f"{len(failed)} of {len(run.outcome.results)} chunk(s) failed: {first}")
+        keys = [r.key for r in ledger.bad if r.status == FAILED][:5]
+        first = ", ".join(keys) + (", …" if failed > len(keys) else "")
+        return Failed(message=f"{failed} of {ledger.total} chunk(s) failed: {first}")
     return None
 
 
@@ -485,10 +494,11 @@ def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any], slots: int) -> 
             if not result.stage:
                 result.stage = packed.job.stage
         run.source.done(packed.job, results)  # may correct results in place (see Dispatcher)
-        run.outcome.results.extend(results)
         for result in results:
+            if result.status != NOT_RUN:
+                run.outcome.ledger.add(result)
             run.on_result(result)
-        del future
+        del future, results
 
 
 @dataclass

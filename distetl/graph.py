@@ -19,7 +19,7 @@ What runs (:func:`decide`):
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -210,7 +210,7 @@ class ReadyTracker:
         #: (upstream stage, index) → the waiting chunks that read it.
         self.readers: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
         #: Chunks ready now, per stage, in plan order.
-        self.ready: dict[str, list[int]] = {name: [] for name in self.order}
+        self.ready: dict[str, deque[int]] = {name: deque() for name in self.order}
         #: (stage, index) → the failed input (``stage:key``) that blocks it.
         self.blocked: dict[tuple[str, int], str] = {}
         self.outstanding = sum(len(v) for v in need.values())
@@ -234,8 +234,7 @@ class ReadyTracker:
     def take(self, name: str, limit: int) -> list[int]:
         """Up to ``limit`` ready chunks of stage ``name`` (removed from the ready list)."""
         ready = self.ready[name]
-        taken, self.ready[name] = ready[:limit], ready[limit:]
-        return taken
+        return [ready.popleft() for _ in range(min(limit, len(ready)))]
 
     def ready_count(self, name: str) -> int:
         return len(self.ready[name])

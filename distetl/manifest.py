@@ -17,10 +17,11 @@ import datetime as dt
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
+from distetl.ledger import RunLedger
 from distetl.storage import Storage, redact
 
 __all__ = ["RunReport", "manifest_dir", "read_chunks", "FAILED_IN_MANIFEST"]
@@ -51,7 +52,6 @@ class RunReport:
     total: int = 0
     to_run: int = 0
     already_committed: int = 0
-    results: list[ChunkResult] = field(default_factory=list)
     seconds: float = 0.0
     plan_seconds: float = 0.0
     flow_run_id: Optional[str] = None
@@ -81,57 +81,81 @@ class RunReport:
     #: Temp files of killed writes beside this run's targets that it removed.
     leftovers_removed: int = 0
 
-    def _count(self, status: str) -> int:
-        return sum(1 for r in self.results if r.status == status)
+    #: Every chunk result of the run, counted and spilled to disk (see distetl.ledger).
+    ledger: RunLedger = field(default_factory=lambda: RunLedger(()), repr=False, compare=False)
+
+    @property
+    def results(self) -> list[ChunkResult]:
+        """Every chunk's result, read back from the run's ledger (one object per chunk:
+        for small runs; counts and the first failures are in the ledger's counters)."""
+        return self.ledger.results()
+
+    @results.setter
+    def results(self, results: list[ChunkResult]) -> None:
+        self.ledger = RunLedger([s["name"] for s in self.stages])
+        for result in results:
+            self.ledger.add(result)
 
     @property
     def written(self) -> int:
-        return self._count(WRITTEN)
+        return self.ledger.count(WRITTEN)
 
     @property
     def skipped(self) -> int:
         """Chunks not computed: committed at plan time, or found committed by a worker."""
-        return self.already_committed + self._count(SKIPPED)
+        return self.already_committed + self.ledger.count(SKIPPED)
 
     @property
     def failed(self) -> list[ChunkResult]:
-        return [r for r in self.results if r.status == FAILED]
+        """The failed chunks (the first :data:`FAILED_IN_MANIFEST`; :attr:`failed_count`
+        counts them all)."""
+        return [r for r in self.ledger.bad if r.status == FAILED]
 
     @property
     def blocked(self) -> list[ChunkResult]:
-        """Chunks not run because an input chunk failed."""
-        return [r for r in self.results if r.status == BLOCKED]
+        """Chunks not run because an input chunk failed (the first ones, see :attr:`failed`)."""
+        return [r for r in self.ledger.bad if r.status == BLOCKED]
+
+    @property
+    def failed_count(self) -> int:
+        return self.ledger.count(FAILED)
+
+    @property
+    def blocked_count(self) -> int:
+        return self.ledger.count(BLOCKED)
 
     def stage_summary(self) -> list[dict[str, Any]]:
         """Per stage: total, written, skipped, failed, blocked, not run, rows."""
         out = []
         for counts in self.stages or [{"name": self.pipeline, "total": self.total, "to_run": self.to_run}]:
-            mine = [r for r in self.results if (r.stage or self.pipeline) == counts["name"]]
-            ran = {s: sum(1 for r in mine if r.status == s) for s in (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)}
+            ran = dict(self.ledger.counts.get(counts["name"]) or {})
+            if counts["name"] == self.pipeline:  # results without a stage are the pipeline's
+                for name, value in (self.ledger.counts.get("") or {}).items():
+                    ran[name] = ran.get(name, 0) + value
             out.append({
-                "name": counts["name"], "total": counts["total"], "written": ran[WRITTEN],
-                "skipped": counts["total"] - counts["to_run"] + ran[SKIPPED], "failed": ran[FAILED],
-                "blocked": ran[BLOCKED], "not_run": ran[NOT_RUN],
-                "rows": sum(r.rows for r in mine),
+                "name": counts["name"], "total": counts["total"], "written": ran.get(WRITTEN, 0),
+                "skipped": counts["total"] - counts["to_run"] + ran.get(SKIPPED, 0), "failed": ran.get(FAILED, 0),
+                "blocked": ran.get(BLOCKED, 0), "not_run": ran.get(NOT_RUN, 0),
+                "rows": ran.get("rows", 0),
             })
         return out
 
     @property
     def not_run(self) -> int:
         """Chunks left for the rerun because the run was stopped."""
-        return self._count(NOT_RUN)
+        return self.ledger.count(NOT_RUN)
 
     @property
     def rows(self) -> int:
-        return sum(r.rows for r in self.results)
+        return self.ledger.total_of("rows")
 
     @property
     def bytes(self) -> int:
-        return sum(r.bytes for r in self.results)
+        return self.ledger.total_of("bytes")
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.blocked and not self.interrupted
+        return not self.failed_count and not self.blocked_count and not self.interrupted
 
     def to_dict(self, results: bool = True) -> dict[str, Any]:
         """The report as plain JSON data.
@@ -141,20 +165,21 @@ class RunReport:
                 without, the failed and blocked chunks only (the first
                 :data:`FAILED_IN_MANIFEST`, with ``failed_not_listed`` counting the rest).
         """
-        data = asdict(self)
-        if not results:
-            del data["results"]
-            bad = [r for r in self.results if r.status in (FAILED, BLOCKED)]
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ledger"}
+        data = asdict_plain(data)
+        if results:
+            data["results"] = [r.to_dict() for r in self.results]
+        else:
             data["failed_chunks"] = [
                 {k: v for k, v in r.to_dict().items() if k in ("stage", "key", "status", "error", "attempts",
                                                                "worker", "task_run_id", "timed_out")}
-                for r in bad[:FAILED_IN_MANIFEST]
+                for r in self.ledger.bad[:FAILED_IN_MANIFEST]
             ]
-            data["failed_not_listed"] = max(0, len(bad) - FAILED_IN_MANIFEST)
+            data["failed_not_listed"] = max(0, self.ledger.bad_total - len(data["failed_chunks"]))
         data["storage_options"] = redact(self.storage_options)
         data["summary"] = {
             "total": self.total, "written": self.written, "skipped": self.skipped,
-            "failed": len(self.failed), "blocked": len(self.blocked), "not_run": self.not_run,
+            "failed": self.failed_count, "blocked": self.blocked_count, "not_run": self.not_run,
             "interrupted": self.interrupted,
             "rows": self.rows, "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
@@ -175,7 +200,7 @@ class RunReport:
         """Write the per-chunk Parquet file, the JSON manifest and the ``latest.json``
         pointer; returns the manifest's path."""
         path, chunks = self.record_paths()
-        storage.write_atomic(chunks, _chunk_table(self.results))
+        storage.write_atomic(chunks, _chunk_table(self.ledger))
         self.chunks_path = chunks
         self.manifest_path = path
         data = self.to_dict(results=False)
@@ -188,30 +213,26 @@ class RunReport:
         return path
 
 
-def _chunk_table(results: list[ChunkResult]) -> bytes:
-    """The per-chunk results as compressed Parquet bytes (dictionary-encoded strings)."""
+def _chunk_table(ledger: RunLedger) -> bytes:
+    """The per-chunk results as compressed Parquet bytes (dictionary-encoded strings),
+    written from the ledger's spill one record batch at a time."""
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {name: [getattr(r, name) for r in results] for name in _CHUNK_COLUMNS}
-    table = pa.table({
-        "stage": pa.array(columns["stage"], pa.string()).dictionary_encode(),
-        "key": pa.array(columns["key"], pa.string()),
-        "status": pa.array(columns["status"], pa.string()).dictionary_encode(),
-        "rows": pa.array(columns["rows"], pa.int64()),
-        "bytes": pa.array(columns["bytes"], pa.int64()),
-        "seconds": pa.array(columns["seconds"], pa.float32()),
-        "attempts": pa.array(columns["attempts"], pa.int16()),
-        "worker": pa.array(columns["worker"], pa.string()).dictionary_encode(),
-        "task_run_id": pa.array(columns["task_run_id"], pa.string()).dictionary_encode(),
-        "error": pa.array(columns["error"], pa.string()),
-        "started": pa.array(columns["started"], pa.float64()),
-        "timed_out": pa.array(columns["timed_out"], pa.bool_()),
-    })
+    schema = pa.schema([
+        ("stage", pa.dictionary(pa.int32(), pa.string())), ("key", pa.string()),
+        ("status", pa.dictionary(pa.int32(), pa.string())), ("rows", pa.int64()), ("bytes", pa.int64()),
+        ("seconds", pa.float32()), ("attempts", pa.int16()), ("worker", pa.dictionary(pa.int32(), pa.string())),
+        ("task_run_id", pa.dictionary(pa.int32(), pa.string())), ("error", pa.string()),
+        ("started", pa.float64()), ("timed_out", pa.bool_()),
+    ])
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", compression_level=9, use_byte_stream_split=["started"])
+    with pq.ParquetWriter(buffer, schema, compression="zstd", compression_level=9,
+                          use_byte_stream_split=["started"]) as writer:
+        for batch in ledger.batches(_CHUNK_COLUMNS):
+            writer.write_table(pa.Table.from_batches([batch]).select(list(_CHUNK_COLUMNS)).cast(schema))
     return buffer.getvalue()
 
 
@@ -229,6 +250,15 @@ def read_chunks(storage: Storage, path: str) -> list[dict[str, Any]]:
     if raw is None:
         return []
     return pq.read_table(io.BytesIO(raw)).to_pylist()
+
+
+def asdict_plain(data: dict[str, Any]) -> dict[str, Any]:
+    """Dataclass values in ``data`` as plain dicts (as :func:`dataclasses.asdict` would)."""
+    import copy
+    import dataclasses
+
+    return {k: asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else copy.deepcopy(v)
+            for k, v in data.items()}
 
 
 def now_iso() -> str:

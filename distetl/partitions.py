@@ -379,7 +379,7 @@ def check_schema(
     if not candidates:
         return
     prefix = layout.head + output if layout.has_output else ""
-    texts = pa.array(paths, pa.string())
+    texts = pa.array(paths if isinstance(paths, list) else list(paths), pa.string())
     if prefix and paths[0].startswith(prefix):  # every path is rendered from one template
         texts = pc.utf8_slice_codeunits(texts, len(prefix))
     lead = "/" if layout.has_output else "(?:^|/)"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 from distetl.chunks import Chunk
+from distetl.chunkseq import DayChunks, IdChunks
 from distetl.errors import ConfigError, PlanError
 
 __all__ = ["Plan", "DateRange", "FileList", "IdRange", "ChunkList"]
@@ -27,8 +28,9 @@ class Plan:
 
     kind: ClassVar[str] = "plan"
 
-    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
-        """List the chunks of this plan.
+    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
+        """List the chunks of this plan (a list, or a :class:`~distetl.chunkseq.ChunkSeq`
+        that builds each chunk on demand for regular plans).
 
         Args:
             storage_options: fsspec options for plans that list files.
@@ -146,7 +148,7 @@ class DateRange(Plan):
             out["relative"] = dict(self.relative)
         return out
 
-    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
+    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
         first = _parse_date("DateRange", "start", self.start)
         last = _parse_date("DateRange", "end", self.end)
         if first > last:
@@ -156,19 +158,7 @@ class DateRange(Plan):
                 "swap the two dates, or pass the range you meant",
             )
         if self.freq == "day":
-            out = []
-            for i in range((last - first).days + 1):
-                day = first + dt.timedelta(days=i)
-                iso = day.isoformat()
-                out.append(
-                    Chunk(
-                        key=f"date={iso}",
-                        fields={"date": iso, "year": f"{day.year:04d}",
-                                "month": iso[:7], "day": f"{day.day:02d}"},
-                        index=i,
-                    )
-                )
-            return out
+            return DayChunks(first, (last - first).days + 1)
         if self.freq == "month":
             out = []
             year, month = first.year, first.month
@@ -208,7 +198,7 @@ class IdRange(Plan):
 
     kind: ClassVar[str] = "ids"
 
-    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
+    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
         if self.size <= 0:
             raise PlanError("--size greater than 0", str(self.size), "pass e.g. --size 1000")
         if self.start >= self.stop:
@@ -217,18 +207,7 @@ class IdRange(Plan):
                 f"start={self.start}, stop={self.stop}",
                 "pass a non-empty range, e.g. --start 0 --stop 100000",
             )
-        width = len(str(self.stop - 1))
-        out = []
-        for i, lo in enumerate(range(self.start, self.stop, self.size)):
-            hi = min(lo + self.size, self.stop)
-            out.append(
-                Chunk(
-                    key=f"ids={lo:0{width}d}-{hi - 1:0{width}d}",
-                    fields={"start": lo, "stop": hi, "first": lo, "last": hi - 1},
-                    index=i,
-                )
-            )
-        return out
+        return IdChunks(self.start, self.stop, self.size)
 
 
 @dataclass(frozen=True)
@@ -250,7 +229,7 @@ class FileList(Plan):
 
     kind: ClassVar[str] = "files"
 
-    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
+    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
         from distetl.storage import Storage
 
         stamps: dict[str, str] = {}
@@ -304,7 +283,7 @@ class ChunkList(Plan):
 
     kind: ClassVar[str] = "list"
 
-    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
+    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
         if not self.items:
             raise PlanError("at least one item", "an empty list", "pass the items to run")
         out = []
@@ -317,8 +296,8 @@ class ChunkList(Plan):
                     f"add {self.key_field!r} to the item or set key_field",
                 )
             out.append(Chunk(key=f"{self.key_field}={fields[self.key_field]}", fields=fields, index=i))
-        keys = [c.key for c in out]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        seen: set[str] = set()
+        dupes = sorted({c.key for c in out if c.key in seen or seen.add(c.key)})
         if dupes:
             raise PlanError("unique chunk keys", f"duplicates {dupes[:5]}", "make the items unique")
         return out

@@ -322,7 +322,7 @@ def mark_crashed(flow_run_id: str, message: str) -> tuple[str | None, int | None
 FAILED_IN_ARTIFACT = 50
 
 
-def publish_run_artifacts(pipeline_name: str, results: list, chunks_path: str | None = None,
+def publish_run_artifacts(pipeline_name: str, ledger: Any, chunks_path: str | None = None,
                           manifest_path: str | None = None) -> None:
     """Record the flow run's chunks in Prefect, small whatever the chunk count.
 
@@ -332,45 +332,38 @@ def publish_run_artifacts(pipeline_name: str, results: list, chunks_path: str | 
     and where the per-chunk Parquet file and the manifest are: every chunk's own record
     is there, reachable from the flow run). Never one row per chunk: a million-chunk run
     would otherwise put a million rows into Prefect's database.
+
+    Args:
+        pipeline_name: The pipeline.
+        ledger: The run's :class:`~distetl.ledger.RunLedger` (its counters per task run
+            and stage, and its first failures).
+        chunks_path: Where the per-chunk Parquet file goes.
+        manifest_path: Where the run's JSON manifest goes.
     """
     import re
 
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    by_task: dict[str, dict] = {}
-    stages: dict[str, dict[str, int]] = {}
-    failed = []
-    for r in results:
-        row = by_task.get(r.task_run_id)
-        if row is None:
-            row = by_task[r.task_run_id] = {"task_run_id": r.task_run_id, "stage": r.stage, "first": r.key,
-                                            "last": r.key, "chunks": 0, "written": 0, "skipped": 0,
-                                            "failed": 0, "blocked": 0, "not_run": 0, "rows": 0,
-                                            "seconds": 0.0}
-        row["last"] = r.key
-        row["chunks"] += 1
-        row[r.status if r.status in ("written", "skipped", "failed", "blocked") else "not_run"] += 1
-        row["rows"] += r.rows
-        row["seconds"] = round(row["seconds"] + r.seconds, 3)
-        counts = stages.setdefault(r.stage or pipeline_name, {})
-        counts[r.status] = counts.get(r.status, 0) + 1
-        if r.status in ("failed", "blocked"):
-            failed.append(r)
+    by_task = ledger.task_runs
+    stages = {stage: counts for stage, counts in ledger.counts.items() if any(counts.values())}
+    stages = {(stage or pipeline_name): counts for stage, counts in stages.items()}
+    failed = ledger.bad
+    total = ledger.total
     key = "distetl-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_name.lower()).strip("-")
     create_table_artifact(table=list(by_task.values()), key=key,
-                          description=f"distetl task runs of {pipeline_name}: {len(by_task)} ({len(results)} chunks)")
-    lines = [f"# distetl · {pipeline_name}", "", f"{len(results)} chunk(s) in {len(by_task)} task run(s).", "",
+                          description=f"distetl task runs of {pipeline_name}: {len(by_task)} ({total} chunks)")
+    lines = [f"# distetl · {pipeline_name}", "", f"{total} chunk(s) in {len(by_task)} task run(s).", "",
              "| stage | " + " | ".join(("written", "skipped", "failed", "blocked", "not_run")) + " |",
              "|---|---|---|---|---|---|"]
     for stage, counts in stages.items():
         lines.append(f"| {stage} | " + " | ".join(str(counts.get(k, 0)) for k in
                                                  ("written", "skipped", "failed", "blocked", "not_run")) + " |")
     if failed:
-        lines += ["", f"## Failed or blocked chunks ({len(failed)})", ""]
+        lines += ["", f"## Failed or blocked chunks ({ledger.bad_total})", ""]
         for r in failed[:FAILED_IN_ARTIFACT]:
             lines.append(f"- `{r.stage}:{r.key}` ({r.status}): {(r.error or '')[:300]}")
-        if len(failed) > FAILED_IN_ARTIFACT:
-            lines.append(f"- … and {len(failed) - FAILED_IN_ARTIFACT} more (see the per-chunk file)")
+        if ledger.bad_total > FAILED_IN_ARTIFACT:
+            lines.append(f"- … and {ledger.bad_total - FAILED_IN_ARTIFACT} more (see the per-chunk file)")
     lines += ["", "## Every chunk's record", ""]
     if chunks_path:
         lines.append(f"- per-chunk results (Parquet, one row per chunk): `{chunks_path}`")

@@ -55,29 +55,45 @@ class LiveProgress:
         trouble = "".join(f" · {name} {c[name]}" for name in ("failed", "blocked") if c[name])
         return f"done {c['done']} · skipped {c['skipped']}{trouble} · left {remaining} · rows {c['rows']:,}"
 
-    def chunk(self, event: dict[str, Any]) -> None:
-        """Count one chunk's outcome (first report per stage and key wins)."""
+    def chunk(self, event: dict[str, Any], remember: bool = True) -> None:
+        """Count one chunk's outcome as its worker reports it (first report per stage and
+        key wins). ``remember`` keeps the key until :meth:`settle` sees the chunk's
+        result, so the result is not counted twice: only chunks in flight are kept."""
         with self._lock:
             stage = event.get("stage") or self.first
             key = (stage, event.get("key"))
             if key in self._seen or stage not in self.counts:
                 return
-            status = event.get("status")
-            c = self.counts[stage]
-            if status == WRITTEN:
-                c["done"] += 1
-                c["rows"] += int(event.get("rows") or 0)
-            elif status == SKIPPED:
-                c["skipped"] += 1
-            elif status == FAILED:
-                c["failed"] += 1
-            elif status == BLOCKED:
-                c["blocked"] += 1
-            else:
-                return
-            self._seen.add(key)
-            self.progress.update(self.tasks[stage], completed=c["done"] + c["skipped"] + c["failed"] + c["blocked"],
-                                 stats=self._stats(c))
+            if self._count(stage, event.get("status"), event.get("rows")) and remember:
+                self._seen.add(key)
+
+    def settle(self, result: Any) -> None:
+        """A chunk's final result (its batch is back): counted unless its worker's event
+        was, and forgotten either way."""
+        with self._lock:
+            stage = result.stage or self.first
+            key = (stage, result.key)
+            if key in self._seen:
+                self._seen.discard(key)
+            elif stage in self.counts:
+                self._count(stage, result.status, result.rows)
+
+    def _count(self, stage: str, status: Any, rows: Any) -> bool:
+        c = self.counts[stage]
+        if status == WRITTEN:
+            c["done"] += 1
+            c["rows"] += int(rows or 0)
+        elif status == SKIPPED:
+            c["skipped"] += 1
+        elif status == FAILED:
+            c["failed"] += 1
+        elif status == BLOCKED:
+            c["blocked"] += 1
+        else:
+            return False
+        self.progress.update(self.tasks[stage], completed=c["done"] + c["skipped"] + c["failed"] + c["blocked"],
+                             stats=self._stats(c))
+        return True
 
     def __enter__(self) -> "LiveProgress":
         self.progress.start()
@@ -95,7 +111,7 @@ def summary_table(report: RunReport) -> Table:
     rows = list(summary)
     if len(summary) > 1:
         rows.append({"name": "all", "total": report.total, "written": report.written, "skipped": report.skipped,
-                     "failed": len(report.failed), "blocked": len(report.blocked), "not_run": report.not_run,
+                     "failed": report.failed_count, "blocked": report.blocked_count, "not_run": report.not_run,
                      "rows": report.rows})
     # "blocked" and "not run" only when some chunk was: a plain run's table fits 80 columns.
     columns = ["total", "written", "skipped", "failed"] + [

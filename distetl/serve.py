@@ -818,8 +818,8 @@ class Serve:
         if self.options.json:
             print(json.dumps(record.to_dict(), default=str), flush=True)
         if report is not None:
-            counts = (f"{report.written} written, {report.skipped} skipped, {len(report.failed)} failed"
-                      + (f", {len(report.blocked)} blocked" if report.blocked else "")
+            counts = (f"{report.written} written, {report.skipped} skipped, {report.failed_count} failed"
+                      + (f", {report.blocked_count} blocked" if report.blocked_count else "")
                       + (f", {report.not_run} not run" if report.interrupted else ""))
             stopped = f" (stopped by {report.interrupted})" if report.interrupted else ""
             self.console.print(f"run {record.flow_run_name}: window {_window(report)}: {counts} in "

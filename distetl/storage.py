@@ -297,6 +297,8 @@ class Storage:
         Raises:
             StorageError: If the listing fails (credentials, endpoint, permissions).
         """
+        if self.is_local:
+            return _local_stamps(self.strip(root))
         try:
             found = self.fs.find(self.strip(root), detail=True)
         except FileNotFoundError:
@@ -943,6 +945,32 @@ class _BufferedSink(AtomicSink):
     def _cleanup(self, holding_io: bool) -> None:
         if holding_io:
             self._buffer = bytearray()
+
+
+def _local_stamps(root: str) -> dict[str, str]:
+    """Every file under a local directory with its stamp (as :func:`stamp_of` makes it
+    from fsspec's listing), walked with ``os.scandir``: one ``stat`` per file and no
+    per-file info dict, so a million files list in seconds and in the memory of the
+    result alone."""
+    out: dict[str, str] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=True):
+                        stack.append(entry.path)
+                        continue
+                    info = entry.stat(follow_symlinks=True)
+                except FileNotFoundError:  # removed while listing
+                    continue
+                out[entry.path] = f"{info.st_size}:{info.st_mtime}"
+    return out
 
 
 def stamp_of(info: Mapping[str, Any]) -> str:

@@ -37,6 +37,8 @@ class TargetTemplate:
                 "balance the braces; write {{ and }} for literal braces",
             ) from None
         self.fields = {name.split(".")[0].split("[")[0] for _, name, _, _ in parsed if name}
+        #: The chunk fields the template uses, checked on every render.
+        self.chunk_fields = sorted(self.fields - {"output"})
         if "" in self.fields:
             raise PlanError(
                 "named template fields such as {date}",
@@ -51,7 +53,7 @@ class TargetTemplate:
             PlanError: If a field is missing from the chunk or its value is unsafe in a path.
         """
         values = chunk.template_fields()
-        for name in sorted(self.fields - {"output"}):
+        for name in self.chunk_fields:
             if name not in values:
                 raise PlanError(
                     f"template fields that chunk {chunk.key!r} has "

@@ -203,7 +203,7 @@ def test_a_stopped_run_alerts_too(tmp_path, flow_file, hook, prefect_api):
     body = hook.posts[0]["json"]
     assert body["status"] == "stopped" and body["interrupted"] == "SIGTERM" and body["exit_code"] == 143
     assert body["counts"]["written"] == 3 and body["counts"]["not_run"] == 3
-    assert body["prefect"]["state"] == "CANCELLED"
+    assert body["prefect"]["state"] == "CANCELLED", body["prefect"]
 
 
 def _report(failed: int, **extra) -> RunReport:

@@ -1,0 +1,188 @@
+"""Chunk sequences generated on demand: a plan of a million chunks without a million
+objects.
+
+A regular plan (id ranges, days) knows chunk ``i`` from ``i`` alone, so it hands out a
+:class:`ChunkSeq`: ``len``, indexing, slicing and iteration like a list, but each
+:class:`~distetl.chunks.Chunk` is built when asked for and dropped after use. The
+driver then holds a few integers per plan, not ~500 bytes per chunk, and a batch's
+chunks exist only while the batch is in flight. Plans of arbitrary items (file lists,
+explicit lists) keep their chunks in a list; every consumer treats both alike
+(``Sequence[Chunk]``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, overload
+
+from distetl.chunks import Chunk
+
+__all__ = ["ChunkSeq", "IdChunks", "DayChunks", "IndexSet"]
+
+
+class ChunkSeq(Sequence):
+    """A read-only sequence of chunks computed from their position.
+
+    Subclasses implement :meth:`__len__` and :meth:`chunk`; :meth:`find` (key → index)
+    may be overridden with arithmetic, the default scans.
+    """
+
+    def chunk(self, i: int) -> Chunk:
+        """Chunk number ``i`` (0-based, non-negative, below ``len``)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> Chunk: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Chunk]: ...
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        n = len(self)
+        if isinstance(i, slice):
+            return [self.chunk(j) for j in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"chunk index {i} out of range (0..{n - 1})")
+        return self.chunk(i)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        chunk = self.chunk
+        for i in range(len(self)):
+            yield chunk(i)
+
+    def find(self, key: str) -> Optional[int]:
+        """The index of the chunk with ``key``, or None."""
+        return next((i for i, c in enumerate(self) if c.key == key), None)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same chunks (a list of them included)."""
+        if not isinstance(other, (ChunkSeq, list, tuple)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    def __hash__(self) -> int:
+        n = len(self)
+        return hash((n, self.chunk(0).key if n else None, self.chunk(n - 1).key if n else None))
+
+
+@dataclass(frozen=True, eq=False)
+class IdChunks(ChunkSeq):
+    """Id ranges ``[start, stop)`` in steps of ``size`` (see :class:`distetl.plans.IdRange`)."""
+
+    start: int
+    stop: int
+    size: int
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.size)
+
+    @property
+    def width(self) -> int:
+        return len(str(self.stop - 1))
+
+    def chunk(self, i: int) -> Chunk:
+        lo = self.start + i * self.size
+        hi = min(lo + self.size, self.stop)
+        w = self.width
+        return Chunk(key=f"ids={lo:0{w}d}-{hi - 1:0{w}d}",
+                     fields={"start": lo, "stop": hi, "first": lo, "last": hi - 1}, index=i)
+
+    def find(self, key: str) -> Optional[int]:
+        head, _, rest = key.partition("=")
+        lo, _, _ = rest.partition("-")
+        if head != "ids" or not lo.isdigit():
+            return None
+        i, off = divmod(int(lo) - self.start, self.size)
+        return i if off == 0 and 0 <= i < len(self) and self.chunk(i).key == key else None
+
+
+@dataclass(frozen=True, eq=False)
+class DayChunks(ChunkSeq):
+    """``days`` consecutive days from ``first`` (see :class:`distetl.plans.DateRange`)."""
+
+    first: dt.date
+    days: int
+
+    def __len__(self) -> int:
+        return self.days
+
+    def chunk(self, i: int) -> Chunk:
+        day = dt.date.fromordinal(self.first.toordinal() + i)
+        iso = day.isoformat()
+        return Chunk(key=f"date={iso}",
+                     fields={"date": iso, "year": iso[:4], "month": iso[:7], "day": iso[8:]}, index=i)
+
+    def find(self, key: str) -> Optional[int]:
+        head, _, rest = key.partition("=")
+        try:
+            day = dt.date.fromisoformat(rest)
+        except ValueError:
+            return None
+        i = day.toordinal() - self.first.toordinal()
+        return i if head == "date" and 0 <= i < self.days and self.chunk(i).key == key else None
+
+
+class IndexSet:
+    """A set of chunk indexes ``0 .. size-1`` kept as one byte per chunk.
+
+    Behaves like the ``set[int]`` it replaces for the operations plans use (``in``,
+    ``len``, ascending iteration, ``add``, ``discard``), at 1 byte per chunk instead of
+    ~60 for a set of Python ints.
+
+    Args:
+        size: How many chunks the plan has.
+        members: Initial members.
+    """
+
+    __slots__ = ("_bits", "_count")
+
+    def __init__(self, size: int, members: Sequence[int] | Iterator[int] = ()):
+        self._bits = bytearray(size)
+        self._count = 0
+        for i in members:
+            self.add(i)
+
+    def add(self, i: int) -> None:
+        if not self._bits[i]:
+            self._bits[i] = 1
+            self._count += 1
+
+    def discard(self, i: int) -> None:
+        if 0 <= i < len(self._bits) and self._bits[i]:
+            self._bits[i] = 0
+            self._count -= 1
+
+    def __contains__(self, i: object) -> bool:
+        return isinstance(i, int) and 0 <= i < len(self._bits) and bool(self._bits[i])
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[int]:
+        if not self._count:
+            return iter(())
+        if self._count == len(self._bits):
+            return iter(range(len(self._bits)))
+        import numpy as np
+
+        return iter(np.flatnonzero(np.frombuffer(bytes(self._bits), dtype=np.uint8)).tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IndexSet):
+            return self._bits == other._bits
+        if isinstance(other, (set, frozenset)):
+            return set(self) == other
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"IndexSet({len(self)} of {len(self._bits)})"
