@@ -26,7 +26,7 @@ from distetl.prefect_api import quiet_prefect_env
 from distetl.runners import RunnerSpec
 from distetl.stopping import RunInterrupted, StopSignal
 from distetl.graph import StageGraph, StagePlan, check_distinct_paths, decide
-from distetl.records import ChunkRecord, StageIndex, index_entries, records_for
+from distetl.records import ChunkRecord, StageIndex, records_for
 from distetl.staleness import CAUSES, Acceptance, StaleChunk, classify
 from distetl.mappings import UpstreamKeys, resolve_inputs
 from distetl.targets import Targets
@@ -60,6 +60,8 @@ class PlannedRun:
     versions: dict[str, str] = field(default_factory=dict)
     #: Footers read because the index did not cover the file (0 when it did).
     footers_read: int = 0
+    #: Stage → the committed files whose records came from their footers at plan time.
+    footer_paths: dict[str, set[str]] = field(default_factory=dict)
     #: Stage → its plan as used: parameters applied, relative dates resolved.
     used_plans: dict[str, Plan] = field(default_factory=dict)
 
@@ -210,7 +212,8 @@ def _find_stale(planned: PlannedRun) -> None:
         index = StageIndex(storage, planned.output, planned.pipeline.name, p.name).load()
         stamps = p.targets.stamps
         by_path, read = records_for(storage, stamps, index)
-        planned.footers_read += read
+        planned.footers_read += len(read)
+        planned.footer_paths[p.name] = set(read)
         planned.records[p.name] = {i: by_path.get(p.paths[i]) for i in p.committed}
     accepted = Acceptance.from_json(storage.read_bytes(acceptance_path(planned.output, planned.pipeline.name)))
     planned.stale = classify(planned.stages, planned.records, planned.versions, accepted)
@@ -506,30 +509,54 @@ def _stale_left(planned: PlannedRun) -> dict[str, dict[str, int]]:
 
 def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
     """Rewrite the index of every stage this run wrote to (or whose index did not cover
-    its files): one listing per such stage, the records known at plan time plus those
-    of the files written now."""
-    fresh: dict[str, dict[str, ChunkRecord]] = {}
+    its files): one listing per such stage; the old index rows still matching the
+    listing are kept (filtered in Arrow), the records of the files written now and of
+    the footers read at plan time are added. Records are built a row group at a time,
+    so the driver never holds one per committed chunk for this."""
+    written: dict[str, int] = {}
     unknown: dict[str, set[str]] = {}
     for batch in report.ledger.batches(("stage", "path", "status", "record")):
         for stage, path, status, record in zip(*(batch.column(n).to_pylist() for n in range(4))):
             if status == WRITTEN and record:
-                fresh.setdefault(stage, {})[path] = ChunkRecord.from_json(record)
+                written[stage] = written.get(stage, 0) + 1
             elif status in (WRITTEN, NOT_RUN, FAILED):
                 # Ran (or may have) without its record reaching the driver: the file may
                 # be new while the plan-time record is old. Leave it out of the index, so
                 # the next plan reads its footer.
                 unknown.setdefault(stage, set()).add(path)
     for p in planned.stages:
-        if not fresh.get(p.name) and not unknown.get(p.name) and not planned.footers_read:
+        if not written.get(p.name) and not unknown.get(p.name) and not planned.footers_read:
             continue
-        p.targets.committed(p.paths)
-        stamps = p.targets.stamps
-        known = {p.paths[i]: record for i, record in planned.records.get(p.name, {}).items()}
-        for path in unknown.get(p.name, ()):
-            known.pop(path, None)
-        known.update(fresh.get(p.name, {}))
-        StageIndex(p.targets.storage, planned.output, planned.pipeline.name, p.name).save(
-            index_entries(stamps, known))
+        listing = p.targets.storage.list_stamps(p.targets.listing_root())
+        drop = unknown.get(p.name, set())
+
+        def rows(p: StagePlan = p, listing: dict[str, str] = listing,
+                 drop: set[str] = drop) -> Iterator[list[tuple[str, str, ChunkRecord]]]:
+            for batch in report.ledger.batches(("stage", "path", "status", "record")):
+                group = []
+                for stage, path, status, record in zip(*(batch.column(n).to_pylist() for n in range(4))):
+                    if stage == p.name and status == WRITTEN and record and path in listing:
+                        group.append((path, listing[path], ChunkRecord.from_json(record)))
+                yield group
+            # Records read from footers at plan time (the index did not cover them), of
+            # the files this run did not redo.
+            footers = planned.footer_paths.get(p.name)
+            if not footers:
+                return
+            redone = set(planned.need[p.name])
+            group = []
+            for i, record in planned.records.get(p.name, {}).items():
+                if record is None or i in redone:
+                    continue
+                path = p.paths[i]
+                if path in footers and path in listing and path not in drop:
+                    group.append((path, listing[path], record))
+                if len(group) >= 20_000:
+                    yield group
+                    group = []
+            yield group
+
+        StageIndex(p.targets.storage, planned.output, planned.pipeline.name, p.name).update(listing, drop, rows())
 
 
 def _record_base(pipeline: str, stage: str, version: str, run_id: str) -> dict[str, Any]:

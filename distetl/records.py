@@ -134,11 +134,25 @@ class StageIndex:
             source = pq.ParquetFile(io.BytesIO(data))
             typed = set(_INDEX_COLUMNS) <= set(source.schema_arrow.names)
             names = _INDEX_COLUMNS if typed else ("path", "stamp", "record")
-            table = source.read(columns=list(names))
+            table = source.read(columns=list(names) + (["record"] if typed else []))
+            odd = None
+            if typed:  # rows whose typed columns are null: read from their JSON
+                import pyarrow.compute as pc
+
+                nulls = pc.is_null(table.column("key"))
+                if pc.any(nulls).as_py():
+                    odd = table.filter(nulls).select(["path", "stamp", "record"])
+                    table = table.filter(pc.invert(nulls))
             columns = [table.column(name).to_pylist() for name in names]
         except (OSError, pa.ArrowException):
             return {}
         out: dict[str, tuple[str, ChunkRecord]] = {}
+        if odd is not None:
+            for path, stamp, text in zip(*(odd.column(n).to_pylist() for n in range(3))):
+                try:
+                    out[path] = (stamp, ChunkRecord.from_json(text))
+                except (ValueError, TypeError):
+                    continue
         with _gc_paused():
             if typed:
                 new, loads = object.__new__, json.loads
@@ -164,30 +178,91 @@ class StageIndex:
         stamp, each record field in a column (``inputs`` as JSON) and the whole record's
         JSON (``record``, the layout older readers know)."""
         paths = sorted(entries)
-        records = [entries[p][1] for p in paths]
-        columns: dict[str, pa.Array] = {
-            "path": pa.array(paths, pa.string()),
-            "stamp": pa.array([entries[p][0] for p in paths], pa.string()),
-            "key": pa.array([r.key for r in records], pa.string()),
-            "record": pa.array([r.to_json() for r in records], pa.string()),
-        }
+        self.write([index_table([(p, *entries[p]) for p in paths])])
+
+    def table(self) -> Optional[pa.Table]:
+        """The index as an Arrow table in the typed layout (None if there is none, it is
+        unreadable, or it has an older layout)."""
+        data = self.storage.read_bytes(self.path)
+        if not data:
+            return None
         try:
-            typed = {name: pa.array([getattr(r, name) for r in records], _COLUMN_TYPES.get(name, pa.string()))
-                     for name in _RECORD_COLUMNS if name != "key"}
-            typed["inputs"] = pa.array([json.dumps(r.inputs, sort_keys=True, default=str) for r in records],
-                                       pa.string())
-        except (pa.ArrowException, TypeError, ValueError):
-            typed = {}  # a field of an odd type: the JSON column alone still serves
-        columns.update(typed)
+            table = pq.read_table(io.BytesIO(data))
+        except (OSError, pa.ArrowException):
+            return None
+        if not set(_TABLE_COLUMNS) <= set(table.column_names):
+            return None
+        return table.select(list(_TABLE_COLUMNS))
+
+    def update(self, listing: Mapping[str, str], drop: set[str],
+               new_rows: Iterator[list[tuple[str, str, ChunkRecord]]]) -> None:
+        """Rewrite the index column by column: the old rows whose file the listing still
+        shows with the same stamp and that are not in ``drop``, plus ``new_rows`` (groups
+        of (path, stamp, record)), in one atomic commit. Never a Python object per old
+        row: the filter runs in Arrow.
+        """
+        parts: list[pa.Table] = []
+        fresh_paths: set[str] = set(drop)
+        for group in new_rows:
+            if group:
+                parts.append(index_table(group))
+                fresh_paths.update(row[0] for row in group)
+        old = self.table()
+        if old is not None and old.num_rows:
+            import pyarrow.compute as pc
+
+            pairs = pc.binary_join_element_wise(old.column("path"), old.column("stamp"), "\x00")
+            listed = pa.array([f"{p}\x00{s}" for p, s in listing.items()], pa.string())
+            keep = pc.is_in(pairs, value_set=listed)
+            del listed
+            if fresh_paths:
+                keep = pc.and_(keep, pc.invert(pc.is_in(old.column("path"),
+                                                        value_set=pa.array(list(fresh_paths), pa.string()))))
+            parts.insert(0, old.filter(keep))
+        self.write(parts)
+
+    def write(self, parts: list[pa.Table]) -> None:
+        """Write index tables (typed layout) as the index, in one atomic commit."""
         buffer = io.BytesIO()
-        pq.write_table(pa.table(columns), buffer, compression="zstd")
+        schema = _index_schema()
+        with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+            for part in parts:
+                writer.write_table(part.cast(schema))
         self.storage.write_atomic(self.path, buffer.getvalue())
+
+
+def index_table(rows: list[tuple[str, str, "ChunkRecord"]]) -> pa.Table:
+    """Index rows (path, stamp, record) as an Arrow table in the typed layout."""
+    records = [r for _, _, r in rows]
+    columns: dict[str, pa.Array] = {
+        "path": pa.array([p for p, _, _ in rows], pa.string()),
+        "stamp": pa.array([s for _, s, _ in rows], pa.string()),
+        "record": pa.array([r.to_json() for r in records], pa.string()),
+        "inputs": pa.array([json.dumps(r.inputs, sort_keys=True, default=str) for r in records], pa.string()),
+    }
+    try:
+        for name in _RECORD_COLUMNS:
+            values = [getattr(r, name) for r in records]
+            kind = _COLUMN_TYPES.get(name, pa.string())
+            columns[name] = pa.array(values, kind)
+    except (pa.ArrowException, TypeError, ValueError):
+        # A field of an odd type: the typed columns of this group stay null and readers
+        # fall back to the JSON column (see StageIndex.load).
+        for name in _RECORD_COLUMNS:
+            columns[name] = pa.nulls(len(records), _COLUMN_TYPES.get(name, pa.string()))
+    return pa.table(columns).select(list(_TABLE_COLUMNS))
 
 
 #: Record fields kept as index columns, in the order :meth:`StageIndex.load` reads them.
 _RECORD_COLUMNS = tuple(name for name in ChunkRecord.__dataclass_fields__ if name != "inputs")
 _INDEX_COLUMNS = ("path", "stamp", "inputs") + _RECORD_COLUMNS
 _COLUMN_TYPES = {"rows": pa.int64()}
+#: Every column of the index, in the order it is written.
+_TABLE_COLUMNS = ("path", "stamp", "record", "inputs") + _RECORD_COLUMNS
+
+
+def _index_schema() -> pa.Schema:
+    return pa.schema([(name, _COLUMN_TYPES.get(name, pa.string())) for name in _TABLE_COLUMNS])
 
 
 @contextlib.contextmanager
@@ -206,7 +281,7 @@ def _gc_paused() -> Iterator[None]:
 def records_for(
     storage: Any, stamps: Mapping[str, str], index: Mapping[str, tuple[str, ChunkRecord]],
     fresh: Optional[Mapping[str, ChunkRecord]] = None,
-) -> tuple[dict[str, Optional[ChunkRecord]], int]:
+) -> tuple[dict[str, Optional[ChunkRecord]], list[str]]:
     """The records of committed files: from ``fresh`` (written by this run), from the
     index where its stamp still matches the listing, else from the file's footer.
 
@@ -217,7 +292,8 @@ def records_for(
         fresh: Records of files this run wrote (path → record).
 
     Returns:
-        Path → record (None for a file without one), and how many footers were read.
+        Path → record (None for a file without one), and the paths whose footers were
+        read (the index did not cover them).
     """
     out: dict[str, Optional[ChunkRecord]] = {}
     unread: list[str] = []
@@ -235,7 +311,7 @@ def records_for(
         with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(unread))) as pool:
             for path, record in zip(unread, pool.map(lambda p: read_record(storage, p), unread)):
                 out[path] = record
-    return out, len(unread)
+    return out, unread
 
 
 def index_entries(stamps: Mapping[str, str], records: Mapping[str, Optional[ChunkRecord]]
