@@ -138,7 +138,22 @@ def run_chunks(job: PackedJob, label: str) -> Any:
         if run is not None:
             run.partial[_batch_id(job.job)] = results
         return Cancelled(message="stopped with the run; committed chunks stay")
-    return results
+    return BatchResults(results)
+
+
+class BatchResults:
+    """A batch's chunk results as one opaque value. Prefect links every item of a
+    task's returned list to the task's state, in a map it keeps for the whole flow run
+    (two objects per item): a list of a million results would leave millions of
+    entries in the driver. One object per batch leaves one."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: list[ChunkResult]):
+        self.results = results
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchResults, (self.results,))
 
 
 def _batch_id(job: BatchJob) -> str:
@@ -527,7 +542,8 @@ def _results_of(future: Any, job: BatchJob, stopped: bool = False) -> list[Chunk
     future.wait()
     state = future.state
     if state.is_completed():
-        return list(future.result())
+        value = future.result()
+        return list(value.results if isinstance(value, BatchResults) else value)
     if state.is_cancelled() or (stopped and not state.is_failed()):
         return [ChunkResult(key=c.key, path=p, status=NOT_RUN, stage=job.stage,
                             error="not run: the run was stopped") for c, p in job.chunks]

@@ -201,25 +201,29 @@ class StageIndex:
         of (path, stamp, record)), in one atomic commit. Never a Python object per old
         row: the filter runs in Arrow.
         """
-        parts: list[pa.Table] = []
-        fresh_paths: set[str] = set(drop)
-        for group in new_rows:
-            if group:
-                parts.append(index_table(group))
-                fresh_paths.update(row[0] for row in group)
-        old = self.table()
-        if old is not None and old.num_rows:
-            import pyarrow.compute as pc
+        schema = _index_schema()
+        buffer = io.BytesIO()
+        fresh = [pa.array(sorted(drop), pa.string())]
+        with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+            for group in new_rows:  # written as they come: one row group in memory
+                if group:
+                    table = index_table(group).cast(schema)
+                    writer.write_table(table)
+                    fresh.append(table.column("path").combine_chunks())
+                    del table
+            old = self.table()
+            if old is not None and old.num_rows:
+                import pyarrow.compute as pc
 
-            pairs = pc.binary_join_element_wise(old.column("path"), old.column("stamp"), "\x00")
-            listed = pa.array([f"{p}\x00{s}" for p, s in listing.items()], pa.string())
-            keep = pc.is_in(pairs, value_set=listed)
-            del listed
-            if fresh_paths:
-                keep = pc.and_(keep, pc.invert(pc.is_in(old.column("path"),
-                                                        value_set=pa.array(list(fresh_paths), pa.string()))))
-            parts.insert(0, old.filter(keep))
-        self.write(parts)
+                pairs = pc.binary_join_element_wise(old.column("path"), old.column("stamp"), "\x00")
+                listed = pa.array([f"{p}\x00{s}" for p, s in listing.items()], pa.string())
+                keep = pc.is_in(pairs, value_set=listed)
+                del listed, pairs
+                seen = pa.concat_arrays(fresh)
+                if len(seen):
+                    keep = pc.and_(keep, pc.invert(pc.is_in(old.column("path"), value_set=seen)))
+                writer.write_table(old.filter(keep).cast(schema))
+        self.storage.write_atomic(self.path, buffer.getvalue())
 
     def write(self, parts: list[pa.Table]) -> None:
         """Write index tables (typed layout) as the index, in one atomic commit."""
