@@ -17,7 +17,9 @@ from distetl.errors import ConfigError
 from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.lease import RunLease, TakenOver, parse_time
 from distetl.leftovers import remove_leftovers
+from distetl.chunkseq import IndexSet
 from distetl.ledger import RunLedger
+from distetl.listing import Listing
 from distetl.manifest import RunReport, now_iso
 from distetl.partitions import check_schema, dataset_root
 from distetl.pipeline import Pipeline
@@ -26,7 +28,7 @@ from distetl.prefect_api import quiet_prefect_env
 from distetl.runners import RunnerSpec
 from distetl.stopping import RunInterrupted, StopSignal
 from distetl.graph import StageGraph, StagePlan, check_distinct_paths, decide
-from distetl.records import ChunkRecord, StageIndex, records_for
+from distetl.records import ChunkRecord, StageIndex, StageRecords
 from distetl.staleness import CAUSES, Acceptance, StaleChunk, classify
 from distetl.mappings import UpstreamKeys, resolve_inputs
 from distetl.targets import Targets
@@ -54,14 +56,13 @@ class PlannedRun:
     seconds: float = 0.0
     #: Stage → committed chunk index → why it is stale (see :mod:`distetl.staleness`).
     stale: dict[str, dict[int, StaleChunk]] = field(default_factory=dict)
-    #: Stage → committed chunk index → its record (None: the file has none).
-    records: dict[str, dict[int, Optional[ChunkRecord]]] = field(default_factory=dict)
+    #: Stage → its committed chunks' records (``.get(i)``: None when the file has
+    #: none), joined from the index as columns (see :class:`distetl.records.StageRecords`).
+    records: dict[str, StageRecords] = field(default_factory=dict)
     #: Stage → its current code version.
     versions: dict[str, str] = field(default_factory=dict)
     #: Footers read because the index did not cover the file (0 when it did).
     footers_read: int = 0
-    #: Stage → the committed files whose records came from their footers at plan time.
-    footer_paths: dict[str, set[str]] = field(default_factory=dict)
     #: Stage → its plan as used: parameters applied, relative dates resolved.
     used_plans: dict[str, Plan] = field(default_factory=dict)
 
@@ -209,12 +210,10 @@ def _find_stale(planned: PlannedRun) -> None:
     storage = planned.targets.storage
     for p in planned.stages:
         planned.versions[p.name] = p.stage.code_version()
-        index = StageIndex(storage, planned.output, planned.pipeline.name, p.name).load()
-        stamps = p.targets.stamps
-        by_path, read = records_for(storage, stamps, index)
-        planned.footers_read += len(read)
-        planned.footer_paths[p.name] = set(read)
-        planned.records[p.name] = {i: by_path.get(p.paths[i]) for i in p.committed}
+        index = StageIndex(storage, planned.output, planned.pipeline.name, p.name)
+        records = StageRecords.join(storage, p.targets, p.committed, index, p.paths)
+        planned.footers_read += len(records.footers)
+        planned.records[p.name] = records
     accepted = Acceptance.from_json(storage.read_bytes(acceptance_path(planned.output, planned.pipeline.name)))
     planned.stale = classify(planned.stages, planned.records, planned.versions, accepted)
 
@@ -527,34 +526,29 @@ def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
     for p in planned.stages:
         if not written.get(p.name) and not unknown.get(p.name) and not planned.footers_read:
             continue
-        listing = p.targets.storage.list_stamps(p.targets.listing_root())
+        listing = p.targets.storage.list_table(p.targets.listing_root())
         drop = unknown.get(p.name, set())
 
-        def rows(p: StagePlan = p, listing: dict[str, str] = listing,
+        def rows(p: StagePlan = p, listing: Listing = listing,
                  drop: set[str] = drop) -> Iterator[list[tuple[str, str, ChunkRecord]]]:
             for batch in report.ledger.batches(("stage", "path", "status", "record")):
-                group = []
-                for stage, path, status, record in zip(*(batch.column(n).to_pylist() for n in range(4))):
-                    if stage == p.name and status == WRITTEN and record and path in listing:
-                        group.append((path, listing[path], ChunkRecord.from_json(record)))
-                yield group
+                mine = [(path, record) for stage, path, status, record in
+                        zip(*(batch.column(n).to_pylist() for n in range(4)))
+                        if stage == p.name and status == WRITTEN and record]
+                stamps = listing.stamp_of(listing.find_paths([path for path, _ in mine]))
+                yield [(path, stamp, ChunkRecord.from_json(record))
+                       for (path, record), stamp in zip(mine, stamps) if stamp is not None]
             # Records read from footers at plan time (the index did not cover them), of
             # the files this run did not redo.
-            footers = planned.footer_paths.get(p.name)
-            if not footers:
+            records = planned.records.get(p.name)
+            if records is None or not records.footers:
                 return
-            redone = set(planned.need[p.name])
-            group = []
-            for i, record in planned.records.get(p.name, {}).items():
-                if record is None or i in redone:
-                    continue
-                path = p.paths[i]
-                if path in footers and path in listing and path not in drop:
-                    group.append((path, listing[path], record))
-                if len(group) >= 20_000:
-                    yield group
-                    group = []
-            yield group
+            redone = IndexSet(len(p.chunks), planned.need[p.name])
+            kept = [(p.paths[i], record) for i, record in records.footer_items()
+                    if record is not None and i not in redone]
+            kept = [(path, record) for path, record in kept if path not in drop]
+            stamps = listing.stamp_of(listing.find_paths([path for path, _ in kept]))
+            yield [(path, stamp, record) for (path, record), stamp in zip(kept, stamps) if stamp is not None]
 
         StageIndex(p.targets.storage, planned.output, planned.pipeline.name, p.name).update(listing, drop, rows())
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, overload
+from typing import Any, Iterator, Optional, overload
 
 from distetl.chunks import Chunk
 
@@ -29,9 +29,18 @@ class ChunkSeq(Sequence):
     may be overridden with arithmetic, the default scans.
     """
 
+    #: Whether every field value is safe in a path segment by construction (numbers,
+    #: ISO dates): a target template then needs no per-chunk check beyond the first.
+    safe_values: bool = False
+
     def chunk(self, i: int) -> Chunk:
         """Chunk number ``i`` (0-based, non-negative, below ``len``)."""
         raise NotImplementedError
+
+    def template_values(self, i: int) -> dict[str, Any]:
+        """What a target template can use for chunk ``i``: its fields plus ``key``,
+        ``index`` and ``chunk`` (as :meth:`Chunk.template_fields`)."""
+        return self.chunk(i).template_fields()
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -80,6 +89,8 @@ class IdChunks(ChunkSeq):
     stop: int
     size: int
 
+    safe_values = True
+
     def __len__(self) -> int:
         return -(-(self.stop - self.start) // self.size)
 
@@ -109,6 +120,8 @@ class DayChunks(ChunkSeq):
 
     first: dt.date
     days: int
+
+    safe_values = True
 
     def __len__(self) -> int:
         return self.days
@@ -148,6 +161,16 @@ class IndexSet:
         self._count = 0
         for i in members:
             self.add(i)
+
+    @classmethod
+    def from_mask(cls, mask: Any) -> "IndexSet":
+        """From a NumPy boolean array (member where True)."""
+        import numpy as np
+
+        out = cls(0)
+        out._bits = bytearray(np.asarray(mask, dtype=np.uint8).tobytes())
+        out._count = int(np.count_nonzero(mask))
+        return out
 
     def add(self, i: int) -> None:
         if not self._bits[i]:

@@ -6,6 +6,7 @@ Exit codes: 0 every chunk committed, 1 some chunk failed, 2 usage or configurati
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -164,15 +165,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         if not accepted:
             console.print("nothing to accept: no chunk is stale because of its code")
         return EXIT_OK
-    changes = {}
-    if args.retries is not None:
-        changes["retries"] = args.retries
-    if args.retry_delay is not None:
-        changes["retry_delay_seconds"] = args.retry_delay
-    if args.chunk_timeout is not None:
-        changes["timeout_seconds"] = args.chunk_timeout
-    if changes:
-        pipeline = pipeline.with_options(**changes)
+    pipeline = pipeline.with_retry_options(args.retries, args.retry_delay, args.chunk_timeout)
     from distetl.runners import RunnerSpec
 
     spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
@@ -261,6 +254,8 @@ def _last_failed(planned: Any) -> dict[str, int]:
         last = json.loads(data)
     except ValueError:
         return {}
+    if last.get("stage_summary"):  # the latest pointer carries the per-stage counts
+        return {row["name"]: int(row.get("failed") or 0) for row in last["stage_summary"] if row.get("failed")}
     if "results" not in last and last.get("manifest"):
         more = planned.targets.storage.read_bytes(last["manifest"])
         last = json.loads(more) if more else {}
@@ -276,7 +271,9 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
     counts = planned.stage_counts()
     causes = planned.stale_counts()
     failed = _last_failed(planned)
-    missing = [(p.name, c.key) for p in planned.stages for i, c in enumerate(p.chunks) if i not in p.committed]
+    missing_count = sum(c["missing"] for c in counts)
+    missing = list(itertools.islice(((p.name, p.chunks[i].key) for p in planned.stages for i in range(len(p.chunks))
+                                     if i not in p.committed), KEYS_LISTED))
     stages = []
     for p, c in zip(planned.stages, counts):
         stages.append({"name": c["name"], "total": c["total"], "fresh": c["fresh"], "stale": c["stale"],
@@ -285,11 +282,14 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                        "version": planned.versions.get(p.name)})
     if args.json:
         label = (lambda s, k: f"{s}:{k}") if len(counts) > 1 else (lambda s, k: k)
+        committed = list(itertools.islice((label(p.name, p.chunks[i].key) for p in planned.stages
+                                           for i in p.committed), KEYS_LISTED))
+        committed_count = sum(c["committed"] for c in counts)
         print(json.dumps({"pipeline": planned.pipeline.name, "output": planned.output, "total": planned.total,
-                          "stages": stages,
-                          "committed": [label(p.name, p.chunks[i].key) for p in planned.stages
-                                        for i in sorted(p.committed)],
-                          "missing": [label(s, k) for s, k in missing]}, indent=1))
+                          "stages": stages, "committed": committed,
+                          "committed_not_listed": committed_count - len(committed),
+                          "missing": [label(s, k) for s, k in missing],
+                          "missing_not_listed": missing_count - len(missing)}, indent=1))
     else:
         table = Table(title=f"{planned.pipeline.name} under {planned.output}")
         for column in ("stage", "total", "fresh", "stale", "missing", "failed (last run)"):
@@ -305,19 +305,24 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                           f"({row['fresh']} fresh, {row['stale']} stale); {row['missing']} missing")
         for stage, key in missing[:20]:
             console.print(f"  missing {stage}:{key}" if len(counts) > 1 else f"  missing {key}")
-        if len(missing) > 20:
-            console.print(f"  … and {len(missing) - 20} more")
+        if missing_count > 20:
+            console.print(f"  … and {missing_count - 20} more")
         if any(row["stale"] for row in stages):
             console.print("stale chunks are redone by `distetl run --stale`; `distetl status --explain KEY` "
                           "says why one is stale")
-    return EXIT_OK if not missing else EXIT_FAILED
+    return EXIT_OK if not missing_count else EXIT_FAILED
+
+
+#: Chunk keys ``status --json`` lists per kind (committed, missing); the rest are counted.
+KEYS_LISTED = 10_000
 
 
 def _explain(planned: Any, key: str, console: Console) -> int:
     """Why one chunk is fresh, stale or missing, in every stage that has it."""
     found = False
     for p in planned.stages:
-        index = next((i for i, c in enumerate(p.chunks) if c.key == key), None)
+        index = p.chunks.find(key) if hasattr(p.chunks, "find") else next(
+            (i for i, c in enumerate(p.chunks) if c.key == key), None)
         if index is None:
             continue
         found = True

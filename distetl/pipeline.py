@@ -133,6 +133,15 @@ class Pipeline:
         return replace(self, stages=stages, **rest)
 
 
+    def with_retry_options(self, retries: Optional[int] = None, retry_delay: Optional[float] = None,
+                           chunk_timeout: Optional[float] = None) -> "Pipeline":
+        """This pipeline with the command line's ``--retries``, ``--retry-delay`` and
+        ``--chunk-timeout`` applied to every stage (those given; itself if none is)."""
+        changes = {name: value for name, value in (("retries", retries), ("retry_delay_seconds", retry_delay),
+                                                   ("timeout_seconds", chunk_timeout)) if value is not None}
+        return self.with_options(**changes) if changes else self
+
+
 _STAGE_WIDE = ("retries", "retry_delay_seconds", "timeout_seconds")
 
 

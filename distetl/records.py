@@ -22,14 +22,16 @@ import gc
 import hashlib
 import io
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ChunkRecord", "RECORD_KEY", "StageIndex", "data_version", "index_entries", "read_record", "records_for"]
+__all__ = ["ChunkRecord", "RECORD_KEY", "StageIndex", "StageRecords", "data_version", "index_entries", "index_table",
+           "read_record"]
 
 #: Parquet key-value metadata key of a chunk's record.
 RECORD_KEY = b"distetl.record"
@@ -180,23 +182,62 @@ class StageIndex:
         paths = sorted(entries)
         self.write([index_table([(p, *entries[p]) for p in paths])])
 
-    def table(self) -> Optional[pa.Table]:
-        """The index as an Arrow table in the typed layout (None if there is none, it is
-        unreadable, or it has an older layout)."""
+    def table(self, columns: Optional[Sequence[str]] = None) -> Optional[pa.Table]:
+        """The index as an Arrow table in the typed layout, with only ``columns``
+        (default: all); None if there is none, it is unreadable, or it has an older
+        layout. The whole-record JSON column is the largest: read it only when needed."""
         data = self.storage.read_bytes(self.path)
         if not data:
             return None
         try:
-            table = pq.read_table(io.BytesIO(data))
+            source = pq.ParquetFile(io.BytesIO(data))
+            if not set(_TABLE_COLUMNS) <= set(source.schema_arrow.names):
+                return None
+            return source.read(columns=list(columns or _TABLE_COLUMNS))
         except (OSError, pa.ArrowException):
             return None
-        if not set(_TABLE_COLUMNS) <= set(table.column_names):
-            return None
-        return table.select(list(_TABLE_COLUMNS))
 
-    def update(self, listing: Mapping[str, str], drop: set[str],
+    def keyed_table(self) -> tuple[Optional[pa.Table], Any]:
+        """What a plan joins on, read a row group at a time: a table of ``key`` (null:
+        a row of odd field types) and ``version`` (dictionary-encoded), and per row the
+        two hash keys of its path and the hash of its stamp (see
+        :mod:`distetl.listing`). Paths and stamps are hashed and dropped as they come,
+        never held whole. (None, None) where :meth:`table` gives None."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        from distetl.listing import path_keys
+
+        try:
+            if self.storage.is_local:
+                if not os.path.exists(self.storage.normalize(self.path)):
+                    return None, None
+                source = pq.ParquetFile(self.storage.normalize(self.path), read_dictionary=["version"])
+            else:
+                data = self.storage.read_bytes(self.path)
+                if not data:
+                    return None, None
+                source = pq.ParquetFile(io.BytesIO(data), read_dictionary=["version"])
+            if not set(_TABLE_COLUMNS) <= set(source.schema_arrow.names):
+                return None, None
+            parts, first, second, stamps = [], [], [], []
+            for batch in source.iter_batches(batch_size=65_536, columns=["path", "stamp", "key", "version"]):
+                a, b = path_keys(batch.column(0).to_pylist())
+                first.append(a)
+                second.append(b)
+                stamps.append(np.array([hash(s) for s in batch.column(1).to_pylist()], dtype=np.int64))
+                parts.append(pa.table({"key": pc.is_null(batch.column(2)), "version": batch.column(3)}))
+        except (OSError, pa.ArrowException):
+            return None, None
+        if not parts:
+            return None, None
+        table = pa.concat_tables(parts).rename_columns(["key_missing", "version"])
+        return table, (np.concatenate(first), np.concatenate(second), np.concatenate(stamps))
+
+    def update(self, listing: Any, drop: set[str],
                new_rows: Iterator[list[tuple[str, str, ChunkRecord]]]) -> None:
-        """Rewrite the index column by column: the old rows whose file the listing still
+        """Rewrite the index column by column: the old rows whose file the listing (a
+        :class:`distetl.listing.Listing`) still
         shows with the same stamp and that are not in ``drop``, plus ``new_rows`` (groups
         of (path, stamp, record)), in one atomic commit. Never a Python object per old
         row: the filter runs in Arrow.
@@ -216,7 +257,7 @@ class StageIndex:
                 import pyarrow.compute as pc
 
                 pairs = pc.binary_join_element_wise(old.column("path"), old.column("stamp"), "\x00")
-                listed = pa.array([f"{p}\x00{s}" for p, s in listing.items()], pa.string())
+                listed = listing.pairs()
                 keep = pc.is_in(pairs, value_set=listed)
                 del listed, pairs
                 seen = pa.concat_arrays(fresh)
@@ -282,44 +323,152 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def records_for(
-    storage: Any, stamps: Mapping[str, str], index: Mapping[str, tuple[str, ChunkRecord]],
-    fresh: Optional[Mapping[str, ChunkRecord]] = None,
-) -> tuple[dict[str, Optional[ChunkRecord]], list[str]]:
-    """The records of committed files: from ``fresh`` (written by this run), from the
-    index where its stamp still matches the listing, else from the file's footer.
-
-    Args:
-        storage: The output's storage.
-        stamps: Committed path → its listing stamp.
-        index: The stage's index (:meth:`StageIndex.load`).
-        fresh: Records of files this run wrote (path → record).
-
-    Returns:
-        Path → record (None for a file without one), and the paths whose footers were
-        read (the index did not cover them).
-    """
-    out: dict[str, Optional[ChunkRecord]] = {}
-    unread: list[str] = []
-    fresh = fresh or {}
-    for path, stamp in stamps.items():
-        if path in fresh:
-            out[path] = fresh[path]
-            continue
-        cached = index.get(path)
-        if cached is not None and cached[0] == stamp:
-            out[path] = cached[1]
-        else:
-            unread.append(path)
-    if unread:
-        with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(unread))) as pool:
-            for path, record in zip(unread, pool.map(lambda p: read_record(storage, p), unread)):
-                out[path] = record
-    return out, unread
-
-
 def index_entries(stamps: Mapping[str, str], records: Mapping[str, Optional[ChunkRecord]]
                   ) -> dict[str, tuple[str, ChunkRecord]]:
     """Index rows for the committed files that have a record."""
     return {p: (stamps[p], r) for p, r in records.items() if r is not None and p in stamps}
 
+
+
+def _whole(values: Any) -> pa.Array:
+    """One array from an array or a chunked array."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+class StageRecords:
+    """The records of one stage's committed chunks: joined from the stage's index by
+    path hash keys (stamp checked against the listing), read from footers where the
+    index does not cover a file. Held as the index's columns plus a row number per
+    committed chunk; a :class:`ChunkRecord` is built only when asked for.
+
+    Args:
+        committed: The committed chunk indexes, ascending.
+        rows: Each committed chunk's row in ``table`` (-1: not covered).
+        table: The index (typed layout), or None.
+        footers: Chunk index → the record read from its file's footer (None: the file
+            has none), for the chunks the index does not cover.
+    """
+
+    def __init__(self, committed: Any, rows: Any, table: Optional[pa.Table],
+                 footers: dict[int, Optional[ChunkRecord]], index: Optional["StageIndex"] = None):
+        import numpy as np
+
+        self.index = index
+        self._full: Optional[pa.Table] = None
+
+        self.committed = np.asarray(committed, dtype=np.int64)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.table = table
+        self.footers = footers
+        self._cache: Optional[dict[int, Optional[ChunkRecord]]] = None
+
+    @classmethod
+    def join(cls, storage: Any, targets: Any, committed: Any, index: "StageIndex",
+             paths: Any) -> "StageRecords":
+        """Join a stage's committed chunks (after :meth:`distetl.targets.Targets.plan`)
+        with its index; read the footers of the files it does not cover, in threads."""
+        import numpy as np
+
+        from distetl.listing import KeyIndex
+
+        chosen = np.fromiter(iter(committed), dtype=np.int64, count=len(committed))
+        rows = np.full(len(chosen), -1, dtype=np.int64)
+        table, keys = index.keyed_table() if len(chosen) else (None, None)
+        if table is not None and table.num_rows:
+            found = KeyIndex(keys[0], keys[1]).find(targets.keys[0][chosen], targets.keys[1][chosen])
+            have = np.flatnonzero(found >= 0)
+            if len(have):  # the index row counts only while the file has the stamp it recorded
+                same = targets.committed_stamps[have] == keys[2][found[have]]
+                rows[have[same]] = found[have[same]]
+            del keys
+        unread = chosen[rows < 0].tolist()
+        footers: dict[int, Optional[ChunkRecord]] = {}
+        if unread:
+            with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(unread))) as pool:
+                for i, record in zip(unread, pool.map(lambda i: read_record(storage, paths[i]), unread)):
+                    footers[i] = record
+        return cls(chosen, rows, table, footers, index)
+
+    def __len__(self) -> int:
+        return len(self.committed)
+
+    def __contains__(self, i: object) -> bool:
+        return self._position(i) is not None
+
+    def _position(self, i: Any) -> Optional[int]:
+        import numpy as np
+
+        pos = int(np.searchsorted(self.committed, i))
+        return pos if pos < len(self.committed) and self.committed[pos] == i else None
+
+    def get(self, i: int, default: Optional[ChunkRecord] = None) -> Optional[ChunkRecord]:
+        """The record of committed chunk ``i`` (None: its file has none)."""
+        if i in self.footers:
+            return self.footers[i]
+        if self._cache is None:
+            self._cache = dict(self.items())
+        return self._cache.get(i, default)
+
+    def __getitem__(self, i: int) -> Optional[ChunkRecord]:
+        if self._position(i) is None:
+            raise KeyError(i)
+        return self.get(i)
+
+    def items(self) -> Iterator[tuple[int, Optional[ChunkRecord]]]:
+        """(chunk index, record) of every committed chunk, in order, built a slice of
+        the index at a time."""
+        step = 65_536
+        for start in range(0, len(self.committed), step):
+            chosen = self.committed[start:start + step].tolist()
+            rows = self.rows[start:start + step]
+            built = self._build(rows[rows >= 0])
+            for i, row in zip(chosen, rows.tolist()):
+                yield i, (next(built) if row >= 0 else self.footers.get(i))
+
+    def _build(self, rows: Any) -> Iterator[Optional[ChunkRecord]]:
+        if self.table is None or not len(rows):
+            return iter(())
+        if self._full is None:  # every record column: read once, when a record is wanted
+            self._full = self.index.table() if self.index is not None else self.table
+        part = self._full.take(pa.array(rows))
+        columns = [part.column(name).to_pylist() for name in ("record", "inputs") + _RECORD_COLUMNS]
+
+        def records() -> Iterator[Optional[ChunkRecord]]:
+            new, loads = object.__new__, json.loads
+            for text, inputs, *values in zip(*columns):
+                if values[0] is None:  # odd field types: the row's JSON
+                    try:
+                        yield ChunkRecord.from_json(text)
+                    except (ValueError, TypeError):
+                        yield None
+                    continue
+                record = new(ChunkRecord)
+                fields = dict(zip(_RECORD_COLUMNS, values))
+                try:
+                    fields["inputs"] = {} if inputs == "{}" else loads(inputs)
+                except (ValueError, TypeError):
+                    yield None
+                    continue
+                record.__dict__.update(fields)
+                yield record
+
+        return records()
+
+    def covered_versions(self) -> Optional[pa.ChunkedArray]:
+        """The recorded code version of every committed chunk (an Arrow column, maybe
+        dictionary-encoded), in committed order, when
+        the index covers them all with typed rows; None otherwise (then use
+        :meth:`items`)."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        if self.table is None or self.footers or not np.all(self.rows >= 0):
+            return None
+        rows = pa.array(self.rows)
+        if pc.any(self.table.column("key_missing").take(rows)).as_py():
+            return None
+        return self.table.column("version").take(rows)
+
+    def footer_items(self) -> Iterator[tuple[int, Optional[ChunkRecord]]]:
+        """(chunk index, record) of the chunks whose records came from their footers."""
+        return iter(self.footers.items())

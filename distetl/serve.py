@@ -215,15 +215,7 @@ class ServeOptions:
         schedules, text = _schedules(args.cron, args.interval, args.tz)
         pipeline = load_pipeline(args.flow)
         params = _plan_params(pipeline, extra, None)
-        changes: dict[str, Any] = {}
-        if args.retries is not None:
-            changes["retries"] = args.retries
-        if args.retry_delay is not None:
-            changes["retry_delay_seconds"] = args.retry_delay
-        if args.chunk_timeout is not None:
-            changes["timeout_seconds"] = args.chunk_timeout
-        if changes:
-            pipeline = pipeline.with_options(**changes)
+        pipeline = pipeline.with_retry_options(args.retries, args.retry_delay, args.chunk_timeout)
         name = args.name or pipeline.name
         _check_name(name)
         if args.keep_cluster:

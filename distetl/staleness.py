@@ -90,17 +90,73 @@ def classify(
     by_name = {p.name: p for p in plans}
     stale: dict[str, dict[int, StaleChunk]] = {}
     for plan in plans:
-        name, mine = plan.name, {}
+        name = plan.name
         current = versions.get(name)
         upstream = by_name.get(plan.stage.upstream) if plan.stage.upstream else None
-        for i in sorted(plan.committed):
-            chunk = plan.chunks[i]
-            record = records.get(name, {}).get(i)
-            why = _why(plan, i, chunk, record, current, accepted, upstream, records, stale)
-            if why is not None:
-                mine[i] = why
+        mine = None
+        if upstream is None and current is not None and not _fingerprinted(plan.chunks):
+            mine = _code_stale(plan, records.get(name), current, accepted)
+        if mine is None:
+            mine = {}
+            recorded = records.get(name, {})
+            pairs = recorded.items() if hasattr(recorded, "covered_versions") else (
+                (i, recorded.get(i)) for i in sorted(plan.committed))
+            for i, record in pairs:
+                why = _why(plan, i, plan.chunks[i], record, current, accepted, upstream, records, stale)
+                if why is not None:
+                    mine[i] = why
         stale[name] = mine
     return stale
+
+
+def _differs(column: Any, current: str) -> Any:
+    """Per row of an Arrow string column (plain or dictionary-encoded, maybe chunked):
+    whether it is not ``current`` (null counts as different), as a NumPy mask."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    masks = []
+    for part in parts:
+        if pa.types.is_dictionary(part.type):
+            same = [j for j, value in enumerate(part.dictionary.to_pylist()) if value == current]
+            indices = part.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            masks.append(~np.isin(indices, same))
+        else:
+            masks.append(pc.fill_null(pc.not_equal(part, current), True).to_numpy(zero_copy_only=False))
+    return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+
+
+def _fingerprinted(chunks: Sequence[Any]) -> bool:
+    """Whether any chunk carries its source's fingerprint (file plans)."""
+    if not isinstance(chunks, list):
+        return False  # generated plans (ids, days) have none
+    return any("fingerprint" in c.fields for c in chunks)
+
+
+def _code_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> Optional[dict[int, StaleChunk]]:
+    """The stale chunks of a stage that reads nothing (no upstream, no source files)
+    when the index covers every committed chunk: only a changed code version can make
+    one stale, compared over the index's version column in Arrow. None when that does
+    not apply (then every record is checked)."""
+    import numpy as np
+    import pyarrow as pa
+
+    column = records.covered_versions() if hasattr(records, "covered_versions") else None
+    if column is None:
+        return None
+    positions = np.flatnonzero(_differs(column, current))
+    out: dict[int, StaleChunk] = {}
+    if not len(positions):
+        return out
+    recorded = column.take(pa.array(positions)).to_pylist()
+    for position, version in zip(positions.tolist(), recorded):
+        i = int(records.committed[position])
+        if not accepted.accepts(plan.name, plan.chunks[i].key, version, current):
+            out[i] = StaleChunk("code", f"stage {plan.name!r} code changed: recorded version {version}, "
+                                        f"current {current}")
+    return out
 
 
 def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: Optional[str],

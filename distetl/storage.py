@@ -22,17 +22,21 @@ On S3:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
 from distetl.errors import StorageError
+
+if TYPE_CHECKING:
+    from distetl.listing import Listing
 
 __all__ = ["Storage", "AtomicSink", "SinkAborted", "parse_storage_options", "redact", "stamp_of", "DISTETL_OPTIONS"]
 
@@ -307,6 +311,21 @@ class Storage:
             raise self._access_error(root, exc) from None
         return {self.unstrip(p): stamp_of(info) for p, info in found.items()}
 
+    def list_table(self, root: str, keep_paths: bool = True) -> "Listing":
+        """Every file under ``root`` (recursively) with its stamp, as columns (see
+        :class:`distetl.listing.Listing`): what :meth:`list_stamps` returns, without a
+        Python object per file. Without ``keep_paths`` (local files) the paths and stamps
+        are kept only as their hash keys: enough to look paths up and compare stamps.
+
+        Raises:
+            StorageError: If the listing fails (credentials, endpoint, permissions).
+        """
+        from distetl.listing import Listing
+
+        if not self.is_local:
+            return Listing.from_dict(self.list_stamps(root))
+        return _local_listing(self.strip(root), keep_paths)
+
     def exists(self, url: str) -> bool:
         """Whether one file exists (used on workers as a guard, not for planning).
 
@@ -487,18 +506,8 @@ class Storage:
         """
         if self.is_local:
             path = self.normalize(url)
-            directory = os.path.dirname(path)
-            os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            with _local_temp(path, data) as tmp:
                 os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
             return True
         path = self.strip(url)
         if self.is_s3:
@@ -566,14 +575,7 @@ class Storage:
             self.write_atomic(url, data)
             return True
         path = self.normalize(url)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with _local_temp(path, data) as tmp:
             try:
                 os.link(tmp, path)
                 return True
@@ -590,9 +592,6 @@ class Storage:
                 handle.flush()
                 os.fsync(handle.fileno())
             return True
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def delete(self, url: str) -> bool:
         """Remove one file. Returns False if it was already gone (local files; an object
@@ -947,12 +946,76 @@ class _BufferedSink(AtomicSink):
             self._buffer = bytearray()
 
 
+@contextlib.contextmanager
+def _local_temp(path: str, data: bytes) -> Iterator[str]:
+    """``data`` in a hidden temp file beside ``path``, flushed and fsynced, for the
+    block to commit (rename or link); the temp file is gone afterwards either way."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _local_listing(root: str, keep_paths: bool = True) -> "Listing":
+    """:func:`_local_stamps` as columns, built a slice at a time (no dict of every file).
+    Without ``keep_paths`` the paths are hashed as they are listed and not kept (what
+    a plan needs: see :class:`distetl.listing.Listing`)."""
+    from array import array
+
+    import numpy as np
+    import pyarrow as pa
+
+    from distetl.listing import Listing
+
+    paths: list[pa.Array] = []
+    stamps: list[pa.Array] = []
+    first, second = array("q"), array("q")
+    hidden: set[str] = set()
+    batch_paths: list[str] = []
+    batch_stamps: list[str] = []
+    stamp_keys = array("q")
+    for path, stamp in _walk_stamps(root):
+        if keep_paths:
+            batch_paths.append(path)
+            batch_stamps.append(stamp)
+        else:
+            first.append(hash(path))
+            second.append(hash(path + "\x00"))
+            stamp_keys.append(hash(stamp))
+            if os.path.basename(path).startswith("."):
+                hidden.add(path)
+        if len(batch_stamps) >= 65_536:
+            paths.append(pa.array(batch_paths, pa.string()))
+            stamps.append(pa.array(batch_stamps, pa.string()))
+            batch_paths, batch_stamps = [], []
+    paths.append(pa.array(batch_paths, pa.string()))
+    stamps.append(pa.array(batch_stamps, pa.string()))
+    if keep_paths:  # chunked, not concatenated: that would hold every path twice for a moment
+        return Listing(pa.chunked_array(paths, pa.string()), pa.chunked_array(stamps, pa.string()))
+    def numbers(values: array) -> np.ndarray:
+        return np.frombuffer(values, dtype=np.int64).copy() if len(values) else np.empty(0, np.int64)
+
+    return Listing(None, None, keys=(numbers(first), numbers(second)), hidden=hidden,
+                   stamp_keys=numbers(stamp_keys))
+
+
 def _local_stamps(root: str) -> dict[str, str]:
     """Every file under a local directory with its stamp (as :func:`stamp_of` makes it
-    from fsspec's listing), walked with ``os.scandir``: one ``stat`` per file and no
-    per-file info dict, so a million files list in seconds and in the memory of the
-    result alone."""
-    out: dict[str, str] = {}
+    from fsspec's listing)."""
+    return dict(_walk_stamps(root))
+
+
+def _walk_stamps(root: str) -> Iterator[tuple[str, str]]:
+    """Every file under a local directory with its stamp, walked with ``os.scandir``:
+    one ``stat`` per file and no per-file info dict, so a million files list in seconds."""
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -969,8 +1032,7 @@ def _local_stamps(root: str) -> dict[str, str]:
                     info = entry.stat(follow_symlinks=True)
                 except FileNotFoundError:  # removed while listing
                     continue
-                out[entry.path] = f"{info.st_size}:{info.st_mtime}"
-    return out
+                yield entry.path, f"{info.st_size}:{info.st_mtime}"
 
 
 def stamp_of(info: Mapping[str, Any]) -> str:

@@ -6,10 +6,10 @@ import posixpath
 import string
 from array import array
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from distetl.chunks import Chunk
-from distetl.chunkseq import IndexSet
+from distetl.chunkseq import ChunkSeq, IndexSet
 from distetl.errors import PlanError
 from distetl.storage import Storage
 from distetl.templates import TargetTemplate
@@ -69,8 +69,12 @@ class Targets:
         self.output = self.storage.normalize(output)
         #: Hidden files (``.``-names) seen by :meth:`committed`'s listing; None before it.
         self.hidden: set[str] | None = None
-        #: Committed target → its listing stamp (size and mtime or ETag), from the same listing.
-        self.stamps: dict[str, str] = {}
+        self._stamps: Optional[dict[str, str]] = {}
+        #: After :meth:`plan`: the hash of each committed chunk's listing stamp (NumPy,
+        #: in chunk order) and every chunk's two path hash keys.
+        self.committed_stamps: Any = None
+        self.keys: Any = None
+        self._planned: Optional[tuple[TargetPaths, IndexSet]] = None
 
     def render(self, chunks: Sequence[Chunk]) -> list[str]:
         """Every chunk's target path, checked at plan time (see TargetTemplate)."""
@@ -78,11 +82,12 @@ class Targets:
 
     def plan(self, chunks: Sequence[Chunk]) -> tuple[TargetPaths, IndexSet]:
         """Render and check every chunk's target and find the committed ones, in one pass
-        over the chunks and one recursive listing of the common root.
+        over the chunks and one recursive listing of the common root, held as columns.
 
-        Keeps a 64-bit hash per path for the duplicate check (not the paths), the
-        listing's stamps of the committed targets in :attr:`stamps` and its hidden files
-        in :attr:`hidden`.
+        Keeps two 64-bit hash keys per path (for the duplicate check, the committed
+        check and the records' lookup: :attr:`keys`), the hash of each committed
+        chunk's stamp (:attr:`committed_stamps`, in chunk order) and the listing's hidden files
+        (:attr:`hidden`) -- never a string per chunk; the listing itself is dropped.
 
         Returns:
             The paths (rendered on demand from now on) and the committed chunk indexes.
@@ -91,24 +96,57 @@ class Targets:
             PlanError: On the first chunk whose path cannot be rendered, or two chunks
                 rendering one path.
         """
-        present = self.storage.list_stamps(self.listing_root())
-        self.hidden = {p for p in present if posixpath.basename(p).startswith(".")}
-        committed = IndexSet(len(chunks))
-        stamps: dict[str, str] = {}
-        hashes = array("q")
-        render, output, get = self.template.render, self.output, present.get
-        for i, chunk in enumerate(chunks):
-            path = render(chunk, output)
-            hashes.append(hash(path))
-            stamp = get(path)
-            if stamp is not None:
-                committed.add(i)
-                stamps[path] = stamp
-        del present
-        self.stamps = stamps
+        import numpy as np
+
+        listing = self.storage.list_table(self.listing_root(), keep_paths=False)
+        self.hidden = listing.hidden()
+        first, second = array("q"), array("q")
+        for path in self._render_all(chunks):
+            first.append(hash(path))
+            second.append(hash(path + "\x00"))
+        keys = (np.frombuffer(first, dtype=np.int64) if len(first) else np.empty(0, np.int64),
+                np.frombuffer(second, dtype=np.int64) if len(second) else np.empty(0, np.int64))
+        self.keys = keys
         paths = TargetPaths(self.template, chunks, self.output)
-        _check_distinct(hashes, chunks, paths)
+        _check_distinct(keys, chunks, paths)
+        rows = listing.find(*keys) if len(listing) else np.full(len(chunks), -1, dtype=np.int64)
+        found = rows >= 0
+        committed = IndexSet.from_mask(found)
+        self.committed_stamps = listing.stamp_keys(rows[found])
+        self._planned = (paths, committed)
+        self._stamps = None
         return paths, committed
+
+    def _render_all(self, chunks: Sequence[Chunk]) -> Iterator[str]:
+        """Every chunk's path, checked. A generated plan whose values are safe by
+        construction is checked on its first chunk and formatted directly after it."""
+        render, output = self.template.render, self.output
+        if isinstance(chunks, ChunkSeq) and chunks.safe_values and len(chunks):
+            yield render(chunks[0], output)  # raises for a field the chunks lack
+            values_of, fmt = chunks.template_values, self.template.template.format_map
+            for i in range(1, len(chunks)):
+                values = values_of(i)
+                values["output"] = output
+                yield fmt(values)
+            return
+        for chunk in chunks:
+            yield render(chunk, output)
+
+    @property
+    def stamps(self) -> dict[str, str]:
+        """Committed target → its listing stamp (built on first use after :meth:`plan`:
+        a dict of every committed file; planning itself never needs it)."""
+        if self._stamps is None:
+            if self._planned is None:
+                return {}
+            paths, committed = self._planned
+            present = self.storage.list_stamps(self.listing_root())
+            self._stamps = {path: present[path] for path in (paths[i] for i in committed) if path in present}
+        return self._stamps
+
+    @stamps.setter
+    def stamps(self, value: dict[str, str]) -> None:
+        self._stamps = value
 
     def listing_root(self) -> str:
         """The deepest directory that holds every target: the template up to its first
@@ -132,19 +170,18 @@ class Targets:
         return set(self.stamps)
 
 
-def _check_distinct(hashes: array, chunks: Sequence[Chunk], paths: TargetPaths) -> None:
-    """Fail when two chunks render one path. Equal hashes are confirmed on the paths
-    themselves (a second pass, only when some hash repeats)."""
+def _check_distinct(keys: tuple[Any, Any], chunks: Sequence[Chunk], paths: TargetPaths) -> None:
+    """Fail when two chunks render one path. Repeated first hash keys are confirmed on
+    the paths themselves (a second pass, only when some key repeats)."""
     import numpy as np
 
-    values = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.empty(0, np.int64)
+    values = keys[0]
     ordered = np.sort(values)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if not len(repeated):
         return
-    suspects = set(repeated.tolist())
     owner: dict[str, str] = {}
-    for i in np.flatnonzero(np.isin(values, list(suspects))).tolist():
+    for i in np.flatnonzero(np.isin(values, repeated)).tolist():
         path, key = paths[i], chunks[i].key
         if path in owner:
             raise PlanError(
