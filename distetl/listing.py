@@ -144,12 +144,6 @@ class Listing:
         mask = pc.match_substring_regex(self.paths, r"(^|/)\.[^/]*$")
         return set(self.paths.filter(mask).to_pylist())
 
-    def pairs(self) -> pa.Array:
-        """``path + NUL + stamp`` per file (to match index rows in Arrow)."""
-        import pyarrow.compute as pc
-
-        return pc.binary_join_element_wise(self.paths, self.stamps, "\x00")
-
     def to_dict(self) -> dict[str, str]:
         """``{path: stamp}`` (for small listings)."""
         return dict(zip(self.paths.to_pylist(), self.stamps.to_pylist()))

@@ -236,35 +236,55 @@ class StageIndex:
 
     def update(self, listing: Any, drop: set[str],
                new_rows: Iterator[list[tuple[str, str, ChunkRecord]]]) -> None:
-        """Rewrite the index column by column: the old rows whose file the listing (a
-        :class:`distetl.listing.Listing`) still
-        shows with the same stamp and that are not in ``drop``, plus ``new_rows`` (groups
-        of (path, stamp, record)), in one atomic commit. Never a Python object per old
-        row: the filter runs in Arrow.
+        """Rewrite the index a row group at a time: ``new_rows`` (groups of (path,
+        stamp, record)), then the old rows whose file the listing (a
+        :class:`distetl.listing.Listing`) still shows with the same stamp and that are
+        neither new nor in ``drop``; one atomic commit. Rows are matched by hash keys
+        (see :mod:`distetl.listing`): never a Python object per old row, never the
+        whole old index in memory.
         """
+        import numpy as np
+
+        from distetl.listing import KeyIndex, path_keys
+
         schema = _index_schema()
         buffer = io.BytesIO()
-        fresh = [pa.array(sorted(drop), pa.string())]
+        seen = [path_keys(sorted(drop))]
         with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
             for group in new_rows:  # written as they come: one row group in memory
                 if group:
-                    table = index_table(group).cast(schema)
-                    writer.write_table(table)
-                    fresh.append(table.column("path").combine_chunks())
-                    del table
-            old = self.table()
-            if old is not None and old.num_rows:
-                import pyarrow.compute as pc
-
-                pairs = pc.binary_join_element_wise(old.column("path"), old.column("stamp"), "\x00")
-                listed = listing.pairs()
-                keep = pc.is_in(pairs, value_set=listed)
-                del listed, pairs
-                seen = pa.concat_arrays(fresh)
-                if len(seen):
-                    keep = pc.and_(keep, pc.invert(pc.is_in(old.column("path"), value_set=seen)))
-                writer.write_table(old.filter(keep).cast(schema))
+                    writer.write_table(index_table(group).cast(schema))
+                    seen.append(path_keys([row[0] for row in group]))
+            fresh = KeyIndex(np.concatenate([k[0] for k in seen]), np.concatenate([k[1] for k in seen]))
+            for batch in self._old_batches():
+                first, second = path_keys(batch.column("path").to_pylist())
+                stamps = np.array([hash(v) for v in batch.column("stamp").to_pylist()], dtype=np.int64)
+                rows = listing.find(first, second)
+                keep = rows >= 0
+                keep[keep] = listing.stamp_keys(rows[keep]) == stamps[keep]
+                keep &= fresh.find(first, second) < 0
+                if keep.any():
+                    writer.write_table(pa.Table.from_batches([batch]).filter(pa.array(keep)).cast(schema))
         self.storage.write_atomic(self.path, buffer.getvalue())
+
+    def _old_batches(self) -> Iterator[pa.RecordBatch]:
+        """The current index's rows (typed layout), a row group at a time; none if
+        there is no index, it is unreadable, or it has an older layout."""
+        try:
+            if self.storage.is_local:
+                if not os.path.exists(self.storage.normalize(self.path)):
+                    return
+                source = pq.ParquetFile(self.storage.normalize(self.path))
+            else:
+                data = self.storage.read_bytes(self.path)
+                if not data:
+                    return
+                source = pq.ParquetFile(io.BytesIO(data))
+            if not set(_TABLE_COLUMNS) <= set(source.schema_arrow.names):
+                return
+            yield from source.iter_batches(batch_size=65_536, columns=list(_TABLE_COLUMNS))
+        except (OSError, pa.ArrowException):
+            return
 
     def write(self, parts: list[pa.Table]) -> None:
         """Write index tables (typed layout) as the index, in one atomic commit."""

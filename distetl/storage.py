@@ -311,11 +311,12 @@ class Storage:
             raise self._access_error(root, exc) from None
         return {self.unstrip(p): stamp_of(info) for p, info in found.items()}
 
-    def list_table(self, root: str, keep_paths: bool = True) -> "Listing":
+    def list_table(self, root: str, keep_paths: bool = True, keep_stamps: bool = False) -> "Listing":
         """Every file under ``root`` (recursively) with its stamp, as columns (see
         :class:`distetl.listing.Listing`): what :meth:`list_stamps` returns, without a
         Python object per file. Without ``keep_paths`` (local files) the paths and stamps
-        are kept only as their hash keys: enough to look paths up and compare stamps.
+        are kept only as their hash keys: enough to look paths up and compare stamps
+        (``keep_stamps`` keeps the stamps' text too).
 
         Raises:
             StorageError: If the listing fails (credentials, endpoint, permissions).
@@ -324,7 +325,7 @@ class Storage:
 
         if not self.is_local:
             return Listing.from_dict(self.list_stamps(root))
-        return _local_listing(self.strip(root), keep_paths)
+        return _local_listing(self.strip(root), keep_paths, keep_stamps)
 
     def exists(self, url: str) -> bool:
         """Whether one file exists (used on workers as a guard, not for planning).
@@ -964,10 +965,11 @@ def _local_temp(path: str, data: bytes) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def _local_listing(root: str, keep_paths: bool = True) -> "Listing":
+def _local_listing(root: str, keep_paths: bool = True, keep_stamps: bool = False) -> "Listing":
     """:func:`_local_stamps` as columns, built a slice at a time (no dict of every file).
     Without ``keep_paths`` the paths are hashed as they are listed and not kept (what
-    a plan needs: see :class:`distetl.listing.Listing`)."""
+    a plan needs: see :class:`distetl.listing.Listing`), nor the stamps unless
+    ``keep_stamps``."""
     from array import array
 
     import numpy as np
@@ -992,6 +994,8 @@ def _local_listing(root: str, keep_paths: bool = True) -> "Listing":
             stamp_keys.append(hash(stamp))
             if os.path.basename(path).startswith("."):
                 hidden.add(path)
+            if keep_stamps:
+                batch_stamps.append(stamp)
         if len(batch_stamps) >= 65_536:
             paths.append(pa.array(batch_paths, pa.string()))
             stamps.append(pa.array(batch_stamps, pa.string()))
@@ -1003,8 +1007,8 @@ def _local_listing(root: str, keep_paths: bool = True) -> "Listing":
     def numbers(values: array) -> np.ndarray:
         return np.frombuffer(values, dtype=np.int64).copy() if len(values) else np.empty(0, np.int64)
 
-    return Listing(None, None, keys=(numbers(first), numbers(second)), hidden=hidden,
-                   stamp_keys=numbers(stamp_keys))
+    return Listing(None, pa.chunked_array(stamps, pa.string()) if keep_stamps else None,
+                   keys=(numbers(first), numbers(second)), hidden=hidden, stamp_keys=numbers(stamp_keys))
 
 
 def _local_stamps(root: str) -> dict[str, str]:
