@@ -32,13 +32,16 @@ def find_leftovers(files: Iterable[str], targets: Iterable[str]) -> list[str]:
     Returns:
         Sorted paths ``{dir}/.{basename}.{32 hex}.tmp`` whose ``{dir}/{basename}`` is a target.
     """
-    wanted = set(targets)
-    found = []
+    owners: dict[str, list[str]] = {}  # the target each temp file would belong to
     for path in files:
         directory, name = posixpath.split(path)
         match = TEMP_NAME.match(name)
-        if match and posixpath.join(directory, match["base"]) in wanted:
-            found.append(path)
+        if match:
+            owners.setdefault(posixpath.join(directory, match["base"]), []).append(path)
+    if not owners:
+        return []
+    # One pass over the targets (they may be rendered on demand: no set of them all).
+    found = [temp for target in targets if target in owners for temp in owners[target]]
     return sorted(found)
 
 
