@@ -62,7 +62,7 @@ from distetl.storage import Storage
 __all__ = [
     "CLUSTER_KWARGS", "Measurement", "PeakRSS", "WORKERS", "Workload", "discard", "emit", "measure",
     "run_dask_dataframe", "run_distetl", "run_loop", "run_naive_prefect", "run_raw_dask",
-    "run_sequential", "run_variant",
+    "run_record_bytes", "run_sequential", "run_variant", "settled_sqlite_bytes", "sqlite_bytes",
 ]
 
 #: Worker processes of every Dask variant: one per core of the 2-core benchmark machine.
@@ -343,6 +343,17 @@ def _from_results(m: Measurement, results: Sequence[ChunkResult]) -> Measurement
     return m
 
 
+def _from_report(m: Measurement, report: Any) -> Measurement:
+    """Like :func:`_from_results`, from the report's counters: reading every chunk's
+    result back would put one object per chunk into the driver being measured."""
+    m.rows, m.bytes, m.written, m.failed = report.rows, report.bytes, report.written, report.failed_count
+    m.notes["chunk_seconds"] = round(report.ledger.chunk_seconds, 3)
+    if m.failed:
+        first = report.failed[0]
+        m.notes["first_error"] = f"{first.key}: {first.error}"
+    return m
+
+
 class ClusterTimer:
     """Seconds spent inside ``LocalCluster.__init__`` (start) and the first
     ``close()`` of each cluster, in this process, while the block runs."""
@@ -418,14 +429,18 @@ def run_one(pipeline: Pipeline, output: str, storage_options: Mapping[str, Any],
 
 
 def run_loop(w: Workload, exclude: Sequence[int] = (), limit: Optional[int] = None) -> Measurement:
-    """A plain Python loop over the chunks in this process."""
+    """A plain Python loop over the chunks in this process (the first ``limit`` ones,
+    ``sample_of`` saying of how many, where all would take too long)."""
     output = w.output("loop")
-    items = w.todo(output, limit)
+    items = w.todo(output)
+    total = len(items)
+    items = items[:limit] if limit else items
 
     def body() -> Measurement:
         start = time.perf_counter()
         results = [run_one(w.pipeline, output, w.storage_options, item) for item in items]
-        return _from_results(Measurement(w.name, "loop", len(items), time.perf_counter() - start), results)
+        return _from_results(Measurement(w.name, "loop", len(items), time.perf_counter() - start,
+                                         sample_of=total if len(items) < total else None), results)
 
     return _measure(exclude, body)
 
@@ -442,12 +457,15 @@ def _distetl(w: Workload, variant: str, runner: str, exclude: Sequence[int],
         m = Measurement(w.name, variant, report.total, time.perf_counter() - start)
         holder["report"] = report
         m.notes.update(task_runs=report.task_runs, task_runs_recorded=report.task_runs_recorded,
-                       skipped=report.skipped, output=output)
+                       skipped=report.skipped, output=output, plan_seconds=round(report.plan_seconds, 4),
+                       run_seconds=round(report.seconds, 4), to_run=report.to_run)
+        if report.dry_run:
+            m.notes["dry_run"] = True
         if len(w.pipeline.all_stages) > 1:
             from stages_workload import stage_breakdown
 
             m.notes.update(stage_summary=report.stage_summary(), stages=stage_breakdown(report.results))
-        return _from_results(m, report.results)
+        return _from_report(m, report)
 
     m = _measure(exclude, body)
     return m, holder["report"]
@@ -586,6 +604,9 @@ def run_dask_dataframe(w: Workload, exclude: Sequence[int] = (), limit: Optional
 
 RUNNER = Path(__file__).resolve().parent / "runvariant.py"
 _RESULT = "BENCH-RESULT "
+#: The variants :func:`run_variant` knows.
+KNOWN_VARIANTS = ("loop", "sequential", "distetl", "raw_dask", "naive_prefect", "dask_dataframe", "distetl_by_stage",
+                 "luigi")
 
 
 def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
@@ -593,7 +614,10 @@ def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
 
     Spec keys besides ``variant``: ``limit`` (first chunks only), ``output`` (an existing
     output root, for reruns), ``label`` (the variant's name in the report),
-    ``chunks_per_task``.
+    ``chunks_per_task``, ``dry_run`` (distetl: plan only, nothing runs).
+
+    Raises:
+        ValueError: If the variant is not one of the known ones.
     """
     variant = spec["variant"]
     if variant == "loop":
@@ -602,6 +626,8 @@ def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
         m = run_sequential(w)
     elif variant == "distetl":
         extra = {"chunks_per_task": spec["chunks_per_task"]} if spec.get("chunks_per_task") else {}
+        if spec.get("dry_run"):
+            extra["dry_run"] = True
         m, _ = run_distetl(w, output=spec.get("output"), **extra)
     elif variant == "raw_dask":
         m = run_raw_dask(w)
@@ -618,7 +644,8 @@ def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
 
         m = run_luigi(w, days=spec["workload"]["days"])
     else:
-        raise ValueError(f"unknown variant {variant!r}")
+        raise ValueError(f"Expected one of the variants {', '.join(KNOWN_VARIANTS)}; got {variant!r}. "
+                         "Fix: use one of those in the spec.")
     if spec.get("label"):
         m.variant = spec["label"]
     m.notes["output"] = spec.get("output") or w.last_output
@@ -644,6 +671,58 @@ def measure(workload: Mapping[str, Any], variant: str, timeout: float = 3600, **
             return Measurement.from_dict(json.loads(line[len(_RESULT):]))
     tail = (proc.stdout[-2000:] + "\n" + proc.stderr[-4000:]).strip()
     raise RuntimeError(f"{variant} of {workload.get('name')} printed no result (exit {proc.returncode}):\n{tail}")
+
+
+def run_record_bytes(output: str, pipeline: str) -> dict[str, int]:
+    """Bytes of a pipeline's run records under a local output root: every file under
+    ``{output}/_distetl/{pipeline}/runs/`` (each run's JSON manifest and per-chunk
+    Parquet file) plus ``latest.json``.
+
+    Returns:
+        ``{"runs": bytes, "latest": bytes, "files": count, "total": bytes}``.
+
+    Raises:
+        FileNotFoundError: If the output has no ``latest.json`` for the pipeline.
+    """
+    folder = Path(output) / "_distetl" / pipeline
+    latest = folder / "latest.json"
+    if not latest.is_file():
+        raise FileNotFoundError(f"Expected the run records of {pipeline!r} under {folder}; got no latest.json. "
+                                "Fix: measure a run that wrote its manifest (not a dry run) into that output.")
+    runs = [p for p in (folder / "runs").rglob("*") if p.is_file()]
+    sizes = {"runs": sum(p.stat().st_size for p in runs), "latest": latest.stat().st_size, "files": len(runs)}
+    sizes["total"] = sizes["runs"] + sizes["latest"]
+    return sizes
+
+
+def sqlite_bytes(home: Path) -> dict[str, int]:
+    """Bytes of the SQLite database files under a Prefect home (``*.db`` and their
+    ``-wal``, ``-shm`` and ``-journal`` files), per file name and in ``total``.
+
+    Raises:
+        FileNotFoundError: If ``home`` holds no ``*.db`` file.
+    """
+    files = sorted(p for p in Path(home).glob("*.db*") if p.is_file())
+    if not any(p.suffix == ".db" for p in files):
+        raise FileNotFoundError(f"Expected a Prefect SQLite database (*.db) under {home}; got "
+                                f"{[p.name for p in files] or 'no database file'}. Fix: pass the PREFECT_HOME of the "
+                                "server that records the runs (the session's prefect_server fixture's home).")
+    sizes = {p.name: p.stat().st_size for p in files}
+    sizes["total"] = sum(sizes.values())
+    return sizes
+
+
+def settled_sqlite_bytes(home: Path, quiet_s: float = 6.0, limit_s: float = 30.0) -> dict[str, int]:
+    """:func:`sqlite_bytes` once the total has not changed for ``quiet_s`` seconds (the
+    server persists events in batches a few seconds after a run), or after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    sizes, since = sqlite_bytes(home), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.5)
+        now = sqlite_bytes(home)
+        if now["total"] != sizes["total"]:
+            sizes, since = now, time.monotonic()
+    return sizes
 
 
 def discard(m: Measurement) -> None:

@@ -23,7 +23,7 @@ import tpch
 from benchlib import discard, measure
 
 #: Rounds of the compared variants per mode: at least the first, at most the second.
-ROUNDS = {"quick": (2, 4), "full": (1, 3)}
+ROUNDS = {"quick": (1, 4), "full": (1, 3)}
 #: Other programs' CPU (cores, averaged over a run) above which a run counts as disturbed.
 DISTURBED_CORES = 0.25
 COMPARED = ("sequential", "distetl", "raw_dask")

@@ -39,7 +39,7 @@ S3_KEY, S3_SECRET = "testing", "testing"
 
 
 def _rounds(sizes) -> int:
-    return 3 if sizes.mode == "quick" else 5
+    return 2 if sizes.mode == "quick" else 5
 
 
 def _run(bench, name: str, chunks: int, output: str, storage_options, rounds: int, unindexed, put=None) -> None:

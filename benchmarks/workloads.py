@@ -7,17 +7,20 @@ Dask workers the same way: by reference.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from distetl import Chunk, IdRange, Pipeline
+from distetl import Chunk, ChunkList, IdRange, Pipeline
 
-__all__ = ["Sizes", "QUICK", "FULL", "make_workload", "tiny_pipeline"]
+__all__ = ["Sizes", "QUICK", "FULL", "big_chunk_pipeline", "make_workload", "tiny_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,23 @@ class Sizes:
             (as many again in its identity stage, plus one chunk per month). Full mode
             stops at 5,000 days (10,165 chunks): Luigi's scheduler sorts every pending
             task on each request for work, so its cost per task grows with the graph.
+        stage_luigi_days: Days of the graph the Luigi variant of ``stages`` runs (0:
+            the whole graph). Quick mode runs the first 1,000 days' graph (2,033 chunks),
+            a sample on which Luigi's throughput is higher than on the whole graph.
+        scale_dry_chunks: Chunks of the ``scale`` workload's dry run (plan only).
+        scale_run_chunks: Tiny-chunk run sizes of the ``scale`` workload whose driver
+            peak, run records and Prefect database growth are compared; the last one
+            also runs on raw Dask for the per-chunk overhead.
+        scale_loop_sample: Chunks of the largest ``scale`` run the plain loop times
+            (a tiny chunk's compute does not depend on how many there are).
+        scale_big_run_chunks: Chunks of the ``scale`` workload's largest run and of the
+            rerun over its committed files (0: none; full mode only).
+        big_chunk_pieces: Pieces of the ``big_chunk`` workload's big chunk. The same in
+            both modes: the worker holds a few pieces at a time, so its growth relative
+            to the chunk follows the number of pieces, not their size.
+        big_chunk_piece_rows: Rows of each piece (× :data:`BIG_COLUMNS` float64
+            columns): quick 419,430 (12.8 MiB a piece, 512 MiB in all), full 1,048,576
+            (32 MiB a piece, 1.25 GiB in all).
     """
 
     mode: str
@@ -52,14 +72,25 @@ class Sizes:
     naive_nyc_sample: int
     s3_rerun_chunks: int
     stage_days: int = 2_000
+    stage_luigi_days: int = 0
+    scale_dry_chunks: int = 1_000_000
+    scale_run_chunks: tuple[int, ...] = (10_000, 100_000)
+    scale_loop_sample: int = 2_000
+    scale_big_run_chunks: int = 0
+    big_chunk_pieces: int = 40
+    big_chunk_piece_rows: int = 419_430
 
 
 QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
               dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
-              stage_days=2_000)
+              stage_days=2_000, stage_luigi_days=1_000, scale_dry_chunks=1_000_000,
+              scale_run_chunks=(10_000, 100_000), scale_loop_sample=2_000, scale_big_run_chunks=0,
+              big_chunk_pieces=40, big_chunk_piece_rows=419_430)
 FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,
              dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000,
-             stage_days=5_000)
+             stage_days=5_000, stage_luigi_days=0, scale_dry_chunks=1_000_000,
+             scale_run_chunks=(10_000, 100_000), scale_loop_sample=2_000, scale_big_run_chunks=1_000_000,
+             big_chunk_pieces=40, big_chunk_piece_rows=1_048_576)
 
 TINY_ROWS = 20
 TINY_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])
@@ -83,13 +114,87 @@ def tiny_pipeline(chunks: int, name: str = "tiny") -> Pipeline:
     )
 
 
+#: Float64 columns of each piece of the ``big_chunk`` workload (32 bytes a row).
+BIG_COLUMNS = 4
+#: Rows of the small chunk the ``big_chunk`` workload's worker writes first (warm-up).
+BIG_WARM_UP_ROWS = 1_000
+#: Folder under the output root where the big chunk's extract leaves its memory figures.
+BIG_MEMORY_DIR = "_bench"
+
+
+def _memory() -> dict[str, int]:
+    """This process's resident set size and its high-water mark, bytes."""
+    with open("/proc/self/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return {name: int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> bool:
+    """Restart this process's VmHWM from its current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def big_extract(chunk: Chunk, ctx: Any) -> Iterator[pd.DataFrame]:
+    """The ``big_chunk`` workload's extract: ``chunk["pieces"]`` DataFrames of
+    ``chunk["rows"]`` rows × ``chunk["columns"]`` random float64 columns, generated on
+    the fly (incompressible), one at a time.
+
+    Measures the worker it runs on: its RSS just before the first piece (the baseline),
+    then, after the last piece was written (when distetl asks for the next one), its
+    peak RSS since the baseline (VmHWM, restarted at the baseline where the kernel
+    allows). Both, with the bytes the pieces held in memory, go to
+    ``{output}/_bench/<part>.json`` for the benchmark to read.
+    """
+    rng = np.random.default_rng(int(chunk["seed"]))
+    rows, columns, pieces = int(chunk["rows"]), int(chunk["columns"]), int(chunk["pieces"])
+    reset = _reset_peak()
+    baseline = _memory()["VmRSS"]
+    produced = 0
+    started = time.perf_counter()
+    for _ in range(pieces):
+        frame = pd.DataFrame({f"c{j}": rng.random(rows) for j in range(columns)})
+        produced += int(frame.memory_usage(index=False, deep=True).sum())
+        yield frame
+    memory = _memory()
+    folder = os.path.join(ctx.output, BIG_MEMORY_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{chunk['part']}.json"), "w") as handle:
+        json.dump({"pid": os.getpid(), "pieces": pieces, "produced_bytes": produced, "baseline_bytes": baseline,
+                   "peak_bytes": memory["VmHWM"], "rss_after_bytes": memory["VmRSS"], "hwm_reset": reset,
+                   "seconds": round(time.perf_counter() - started, 3)}, handle)
+
+
+def big_chunk_pipeline(pieces: int, rows: int, columns: int = BIG_COLUMNS, name: str = "big_chunk") -> Pipeline:
+    """Two chunks, run in this order by one worker (one batch): a small warm-up chunk
+    (the worker imports, allocates its pools and writes a streamed file once) and the
+    big one: ``pieces`` × ``rows`` × ``columns`` float64 values from an iterator."""
+    items = [{"part": "warm-up", "pieces": 2, "rows": BIG_WARM_UP_ROWS, "columns": columns, "seed": 1},
+             {"part": "big", "pieces": pieces, "rows": rows, "columns": columns, "seed": 2}]
+    return Pipeline(
+        name=name,
+        plan=ChunkList(items=items, key_field="part"),
+        extract=big_extract,
+        target="{output}/" + name + "/part={part}/data.parquet",
+        description=f"one chunk of {pieces} pieces of {rows:,} rows x {columns} float64 columns",
+    )
+
+
 def make_workload(spec: Mapping[str, Any]):
     """Build a :class:`benchlib.Workload` from a JSON-able spec.
 
     Spec keys: ``name``, ``kind`` (``tpch``, ``tiny``, ``nycflights``, ``stages``,
-    ``stages_days``), ``root``, and per kind ``sf``/``parts`` (tpch), ``chunks`` (tiny) or
-    ``days`` (stages: the three-stage graph; stages_days: its root stage alone); optional
-    ``output_url`` and ``storage_options`` (S3).
+    ``stages_days``, ``big_chunk``), ``root``, and per kind ``sf``/``parts`` (tpch),
+    ``chunks`` (tiny), ``days`` (stages: the three-stage graph; stages_days: its root
+    stage alone) or ``pieces`` and ``rows`` (big_chunk: rows per piece; optional
+    ``columns``); optional ``output_url`` and ``storage_options`` (S3).
+
+    Raises:
+        ValueError: If the kind is not one of those.
     """
     from benchlib import Workload
 
@@ -111,4 +216,8 @@ def make_workload(spec: Mapping[str, Any]):
 
         build = stages_workload.stages_pipeline if kind == "stages" else stages_workload.days_pipeline
         return Workload(spec["name"], build(spec["days"]), root, **extra)
-    raise ValueError(f"unknown workload kind {kind!r}")
+    if kind == "big_chunk":
+        pipe = big_chunk_pipeline(spec["pieces"], spec["rows"], spec.get("columns", BIG_COLUMNS))
+        return Workload(spec["name"], pipe, root, **extra)
+    raise ValueError(f"Expected a workload kind of tpch, tiny, nycflights, stages, stages_days or big_chunk; "
+                     f"got {kind!r}. Fix: use one of those in the workload spec.")
