@@ -23,7 +23,7 @@ BATCHES_PER_WORKER = 8
 
 #: Most chunks in a default batch: what is in flight (chunks, paths, results) stays
 #: small whatever the chunk count, at a few milliseconds of Prefect per batch.
-MAX_BATCH = 2_000
+MAX_BATCH = 500
 
 
 class Dispatcher:

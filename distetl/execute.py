@@ -567,6 +567,9 @@ def run_batch(
                                should_stop=should_stop, watch_stop=watch_stop, record=record)
         results.append(result)
         report(result)
+    flush = getattr(report, "flush", None)
+    if flush is not None:
+        flush()
     return results
 
 
@@ -602,8 +605,32 @@ def _default_reporter(topic: str) -> Callable[[ChunkResult], None]:
     except (ImportError, ValueError):
         return lambda result: None
 
-    def send(result: ChunkResult) -> None:
-        worker.log_event(topic, {"key": result.key, "status": result.status, "rows": result.rows,
-                                 "stage": result.stage})
+    return _WorkerEvents(worker, topic)
 
-    return send
+
+class _WorkerEvents:
+    """Progress events of a batch on a Dask worker, aggregated: one event per
+    :data:`EVENT_INTERVAL` seconds (and one at the batch's end) carrying every chunk
+    that landed since, as ``{"chunks": [[stage, key, status, rows], ...]}``. A message
+    per chunk would cost the scheduler and the driver a message each."""
+
+    def __init__(self, worker: Any, topic: str):
+        self.worker = worker
+        self.topic = topic
+        self.pending: list[list[Any]] = []
+        self.last = time.monotonic()
+
+    def __call__(self, result: ChunkResult) -> None:
+        self.pending.append([result.stage, result.key, result.status, result.rows])
+        if time.monotonic() - self.last >= EVENT_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.worker.log_event(self.topic, {"chunks": self.pending})
+            self.pending = []
+        self.last = time.monotonic()
+
+
+#: Seconds between a worker's aggregated progress events for a batch.
+EVENT_INTERVAL = 0.25

@@ -420,7 +420,7 @@ def _backfill(run_key: str) -> Any:
             run.on_dashboard(outcome.dashboard_url)
     on_chunk = run.on_chunk
     if client is not None:
-        client.subscribe_topic(topic, lambda event: on_chunk(event[1]))
+        client.subscribe_topic(topic, lambda event: _unpack_events(event[1], on_chunk))
     else:
         _LOCAL_LISTENERS[topic] = lambda r: on_chunk({"key": r.key, "status": r.status, "rows": r.rows,
                                                       "stage": r.stage})
@@ -452,6 +452,13 @@ def _backfill(run_key: str) -> Any:
         if client is not None:
             client.unsubscribe_topic(topic)
     return _final_state(run)
+
+
+def _unpack_events(message: dict[str, Any], on_chunk: Callable[[dict[str, Any]], None]) -> None:
+    """A worker's aggregated progress event (see ``execute._WorkerEvents``), one call
+    of ``on_chunk`` per chunk in it."""
+    for stage, key, status, rows in message.get("chunks", ()):
+        on_chunk({"stage": stage, "key": key, "status": status, "rows": rows})
 
 
 def _final_state(run: _ActiveRun) -> Any:

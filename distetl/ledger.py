@@ -24,7 +24,7 @@ from distetl.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkRes
 __all__ = ["RunLedger", "ROWS_PER_GROUP", "STATUSES"]
 
 #: Rows buffered in memory before they are written to the spill file as a row group.
-ROWS_PER_GROUP = 20_000
+ROWS_PER_GROUP = 5_000
 
 #: Chunk statuses, in the order counts are shown.
 STATUSES = (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)
