@@ -7,7 +7,7 @@ and timing are in Prefect) that returns only small
 (Dask worker events on a cluster, a callback in-process).
 
 On a Dask cluster the batch tasks run in driver threads, and each submits its batch to
-the cluster through the Dask client as a plain function (:func:`distetl.packing.run_packed`).
+the cluster through the Dask client as a plain function (:func:`distetl.packing.run_packed_bytes`).
 Workers therefore never import Prefect, rebuild its settings or open an API client per
 task; the Prefect overhead of a batch is a few milliseconds in a driver thread instead
 of ~100 ms on a worker (see ``benchmarks/``). At most two batches per worker thread are
@@ -39,7 +39,7 @@ from prefect.context import FlowRunContext
 from distetl.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
 from distetl.ledger import RunLedger
 from distetl.loader import sources_for
-from distetl.packing import PackedJob, run_packed
+from distetl.packing import PackedJob, run_packed_bytes
 from distetl.pipeline import Pipeline
 from distetl.prefect_api import override_settings, publish_run_artifacts
 from distetl.stopping import StopSignal
@@ -106,7 +106,8 @@ def run_chunks(job: PackedJob, label: str) -> Any:
         return Cancelled(message="not started: the run was stopped")
     client = run.client if run is not None else None
     if client is not None:
-        future = client.submit(run_packed, job, key=f"distetl-batch-{uuid.uuid4().hex}", pure=False)
+        future = client.submit(run_packed_bytes, cloudpickle.dumps(job), key=f"distetl-batch-{uuid.uuid4().hex}",
+                               pure=False)
         run.track(future)
         try:
             results = future.result()

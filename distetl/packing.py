@@ -15,7 +15,7 @@ from distetl.execute import BatchJob, ChunkResult, _default_reporter, run_batch
 from distetl.loader import FlowSource, ensure_modules
 from distetl.pipeline import Pipeline
 
-__all__ = ["BatchAbandoned", "PackedJob", "run_packed"]
+__all__ = ["BatchAbandoned", "PackedJob", "run_packed", "run_packed_bytes"]
 
 _PIPELINES: dict[str, Pipeline] = {}
 
@@ -59,6 +59,16 @@ class BatchAbandoned(RuntimeError):
     driver died or disconnected): the chunks not started stay missing for the rerun."""
 
 
+def run_packed_bytes(data: bytes) -> list[ChunkResult]:
+    """:func:`run_packed` of a job that travelled as cloudpickle bytes.
+
+    The scheduler keeps the arguments of recent tasks (its computation history): as one
+    bytes object a batch costs it a few kilobytes, where the unpickled job would keep
+    ~10 Python objects per chunk alive in the scheduler (in the driver's process for a
+    local cluster)."""
+    return run_packed(cloudpickle.loads(data))
+
+
 def run_packed(job: PackedJob) -> list[ChunkResult]:
     """Run a packed batch in this process (the function Dask workers run).
 
@@ -97,9 +107,12 @@ def _reporter(topic: str, cancelled: Optional[Callable[[], bool]]) -> Callable[[
     def report(result: ChunkResult) -> None:
         send(result)
         if cancelled():
+            flush()
             raise BatchAbandoned(
                 f"batch stopped after chunk {result.key}: the scheduler cancelled it "
                 "(its run stopped or its driver disconnected); the rest of its chunks are left for the rerun"
             )
 
+    flush = getattr(send, "flush", None) or (lambda: None)
+    report.flush = flush  # type: ignore[attr-defined]  # run_batch sends what is pending at the end
     return report
