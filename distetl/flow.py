@@ -39,7 +39,7 @@ from prefect.context import FlowRunContext
 from distetl.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
 from distetl.ledger import RunLedger
 from distetl.loader import sources_for
-from distetl.packing import PackedJob, run_packed_bytes
+from distetl.packing import PackedJob, pack_bytes, run_packed_bytes
 from distetl.pipeline import Pipeline
 from distetl.prefect_api import override_settings, publish_run_artifacts
 from distetl.stopping import StopSignal
@@ -106,7 +106,7 @@ def run_chunks(job: PackedJob, label: str) -> Any:
         return Cancelled(message="not started: the run was stopped")
     client = run.client if run is not None else None
     if client is not None:
-        future = client.submit(run_packed_bytes, cloudpickle.dumps(job), key=f"distetl-batch-{uuid.uuid4().hex}",
+        future = client.submit(run_packed_bytes, pack_bytes(job), key=f"distetl-batch-{uuid.uuid4().hex}",
                                pure=False)
         run.track(future)
         try:

@@ -6,6 +6,7 @@ distetl's execution code, pandas and pyarrow, never the orchestration layer.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
@@ -15,7 +16,7 @@ from distetl.execute import BatchJob, ChunkResult, _default_reporter, run_batch
 from distetl.loader import FlowSource, ensure_modules
 from distetl.pipeline import Pipeline
 
-__all__ = ["BatchAbandoned", "PackedJob", "run_packed", "run_packed_bytes"]
+__all__ = ["BatchAbandoned", "PackedJob", "pack_bytes", "run_packed", "run_packed_bytes"]
 
 _PIPELINES: dict[str, Pipeline] = {}
 
@@ -59,14 +60,19 @@ class BatchAbandoned(RuntimeError):
     driver died or disconnected): the chunks not started stay missing for the rerun."""
 
 
-def run_packed_bytes(data: bytes) -> list[ChunkResult]:
-    """:func:`run_packed` of a job that travelled as cloudpickle bytes.
+def pack_bytes(job: PackedJob) -> bytes:
+    """A packed batch as compressed cloudpickle bytes, for :func:`run_packed_bytes`."""
+    return zlib.compress(cloudpickle.dumps(job), 1)
 
-    The scheduler keeps the arguments of recent tasks (its computation history): as one
-    bytes object a batch costs it a few kilobytes, where the unpickled job would keep
-    ~10 Python objects per chunk alive in the scheduler (in the driver's process for a
-    local cluster)."""
-    return run_packed(cloudpickle.loads(data))
+
+def run_packed_bytes(data: bytes) -> list[ChunkResult]:
+    """:func:`run_packed` of a job that travelled as :func:`pack_bytes` bytes.
+
+    The scheduler holds on to the arguments of recent tasks: as one compressed bytes
+    object a 500-chunk batch costs it ~10 KB, where the unpickled job kept ~10 Python
+    objects per chunk alive in the scheduler (in the driver's process for a local
+    cluster)."""
+    return run_packed(cloudpickle.loads(zlib.decompress(data)))
 
 
 def run_packed(job: PackedJob) -> list[ChunkResult]:
