@@ -526,7 +526,7 @@ def _update_indexes(planned: PlannedRun, report: RunReport) -> None:
     for p in planned.stages:
         if not written.get(p.name) and not unknown.get(p.name) and not planned.footers_read:
             continue
-        listing = p.targets.storage.list_table(p.targets.listing_root(), keep_paths=False, keep_stamps=True)
+        listing = p.targets.storage.list_table(p.targets.listing_root(), keep_stamps=True)
         drop = unknown.get(p.name, set())
 
         def rows(p: StagePlan = p, listing: Listing = listing,

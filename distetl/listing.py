@@ -143,7 +143,3 @@ class Listing:
             return set()
         mask = pc.match_substring_regex(self.paths, r"(^|/)\.[^/]*$")
         return set(self.paths.filter(mask).to_pylist())
-
-    def to_dict(self) -> dict[str, str]:
-        """``{path: stamp}`` (for small listings)."""
-        return dict(zip(self.paths.to_pylist(), self.stamps.to_pylist()))

@@ -71,7 +71,7 @@ class Acceptance:
 
 def classify(
     plans: Sequence[Any],
-    records: Mapping[str, Mapping[int, Optional[ChunkRecord]]],
+    records: Mapping[str, Any],
     versions: Mapping[str, Optional[str]],
     accepted: Optional[Acceptance] = None,
 ) -> dict[str, dict[int, StaleChunk]]:
@@ -79,7 +79,7 @@ def classify(
 
     Args:
         plans: The stages' plans (:class:`distetl.graph.StagePlan`), upstream first.
-        records: Stage → committed chunk index → its record (None: no record).
+        records: Stage → its committed chunks' records (:class:`distetl.records.StageRecords`).
         versions: Stage → its current code version.
         accepted: Accepted code-version changes.
 
@@ -95,13 +95,10 @@ def classify(
         upstream = by_name.get(plan.stage.upstream) if plan.stage.upstream else None
         mine = None
         if upstream is None and current is not None and not _fingerprinted(plan.chunks):
-            mine = _code_stale(plan, records.get(name), current, accepted)
+            mine = _code_stale(plan, records[name], current, accepted)
         if mine is None:
             mine = {}
-            recorded = records.get(name, {})
-            pairs = recorded.items() if hasattr(recorded, "covered_versions") else (
-                (i, recorded.get(i)) for i in sorted(plan.committed))
-            for i, record in pairs:
+            for i, record in records[name].items():
                 why = _why(plan, i, plan.chunks[i], record, current, accepted, upstream, records, stale)
                 if why is not None:
                     mine[i] = why
@@ -143,7 +140,7 @@ def _code_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> 
     import numpy as np
     import pyarrow as pa
 
-    column = records.covered_versions() if hasattr(records, "covered_versions") else None
+    column = records.covered_versions()
     if column is None:
         return None
     positions = np.flatnonzero(_differs(column, current))

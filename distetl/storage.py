@@ -311,12 +311,12 @@ class Storage:
             raise self._access_error(root, exc) from None
         return {self.unstrip(p): stamp_of(info) for p, info in found.items()}
 
-    def list_table(self, root: str, keep_paths: bool = True, keep_stamps: bool = False) -> "Listing":
+    def list_table(self, root: str, keep_stamps: bool = False) -> "Listing":
         """Every file under ``root`` (recursively) with its stamp, as columns (see
         :class:`distetl.listing.Listing`): what :meth:`list_stamps` returns, without a
-        Python object per file. Without ``keep_paths`` (local files) the paths and stamps
-        are kept only as their hash keys: enough to look paths up and compare stamps
-        (``keep_stamps`` keeps the stamps' text too).
+        Python object per file. Local paths and stamps are kept as hash keys only
+        (enough to look paths up and compare stamps; ``keep_stamps`` keeps the stamps'
+        text too); object-store listings keep their paths.
 
         Raises:
             StorageError: If the listing fails (credentials, endpoint, permissions).
@@ -325,7 +325,7 @@ class Storage:
 
         if not self.is_local:
             return Listing.from_dict(self.list_stamps(root))
-        return _local_listing(self.strip(root), keep_paths, keep_stamps)
+        return _local_listing(self.strip(root), keep_stamps)
 
     def exists(self, url: str) -> bool:
         """Whether one file exists (used on workers as a guard, not for planning).
@@ -965,11 +965,10 @@ def _local_temp(path: str, data: bytes) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def _local_listing(root: str, keep_paths: bool = True, keep_stamps: bool = False) -> "Listing":
-    """:func:`_local_stamps` as columns, built a slice at a time (no dict of every file).
-    Without ``keep_paths`` the paths are hashed as they are listed and not kept (what
-    a plan needs: see :class:`distetl.listing.Listing`), nor the stamps unless
-    ``keep_stamps``."""
+def _local_listing(root: str, keep_stamps: bool = False) -> "Listing":
+    """:func:`_local_stamps` as columns: each path is hashed as it is listed and not
+    kept (see :class:`distetl.listing.Listing`), and so is each stamp, whose text is
+    kept too with ``keep_stamps`` (in slices: no list of every stamp)."""
     from array import array
 
     import numpy as np
@@ -977,33 +976,23 @@ def _local_listing(root: str, keep_paths: bool = True, keep_stamps: bool = False
 
     from distetl.listing import Listing
 
-    paths: list[pa.Array] = []
-    stamps: list[pa.Array] = []
-    first, second = array("q"), array("q")
+    first, second, stamp_keys = array("q"), array("q"), array("q")
     hidden: set[str] = set()
-    batch_paths: list[str] = []
-    batch_stamps: list[str] = []
-    stamp_keys = array("q")
+    stamps: list[pa.Array] = []
+    batch: list[str] = []
     for path, stamp in _walk_stamps(root):
-        if keep_paths:
-            batch_paths.append(path)
-            batch_stamps.append(stamp)
-        else:
-            first.append(hash(path))
-            second.append(hash(path + "\x00"))
-            stamp_keys.append(hash(stamp))
-            if os.path.basename(path).startswith("."):
-                hidden.add(path)
-            if keep_stamps:
-                batch_stamps.append(stamp)
-        if len(batch_stamps) >= 65_536:
-            paths.append(pa.array(batch_paths, pa.string()))
-            stamps.append(pa.array(batch_stamps, pa.string()))
-            batch_paths, batch_stamps = [], []
-    paths.append(pa.array(batch_paths, pa.string()))
-    stamps.append(pa.array(batch_stamps, pa.string()))
-    if keep_paths:  # chunked, not concatenated: that would hold every path twice for a moment
-        return Listing(pa.chunked_array(paths, pa.string()), pa.chunked_array(stamps, pa.string()))
+        first.append(hash(path))
+        second.append(hash(path + "\x00"))
+        stamp_keys.append(hash(stamp))
+        if os.path.basename(path).startswith("."):
+            hidden.add(path)
+        if keep_stamps:
+            batch.append(stamp)
+            if len(batch) >= 65_536:
+                stamps.append(pa.array(batch, pa.string()))
+                batch = []
+    stamps.append(pa.array(batch, pa.string()))
+
     def numbers(values: array) -> np.ndarray:
         return np.frombuffer(values, dtype=np.int64).copy() if len(values) else np.empty(0, np.int64)
 

@@ -98,7 +98,7 @@ class Targets:
         """
         import numpy as np
 
-        listing = self.storage.list_table(self.listing_root(), keep_paths=False)
+        listing = self.storage.list_table(self.listing_root())
         self.hidden = listing.hidden()
         first, second = array("q"), array("q")
         for path in self._render_all(chunks):
