@@ -262,11 +262,17 @@ def local_cluster(**kwargs: Any) -> Any:
     driver while the cluster spawns its processes, which inherit that disposition (a
     signal mask is not inherited through the spawn); the driver's handler is restored
     right after, so a Ctrl-C during the cluster's start-up (a second or two) is lost.
+
+    Its workers carry :class:`~distetl.quietclose.QuietClose`: the cluster's close prints
+    no heartbeat traceback (a user's own ``plugins`` are kept beside it).
     """
     import signal
 
     from distributed import LocalCluster
 
+    from distetl.quietclose import QuietClose
+
+    kwargs = {**kwargs, "plugins": [*kwargs.get("plugins", ()), QuietClose()]}
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:

@@ -38,9 +38,14 @@ def prefect_server():
 
 @pytest.fixture
 def prefect_api(prefect_server, monkeypatch):
-    """Point this test's runs at the session's Prefect API."""
+    """Point this test's runs at the session's Prefect API: subprocesses through the
+    environment, this process's Prefect clients through a settings context (Prefect reads
+    the environment once, when first imported, which may have been before this test)."""
+    from distetl.prefect_api import override_settings
+
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
-    return prefect_server
+    with override_settings(api={"url": prefect_server}):
+        yield prefect_server
 
 
 @pytest.fixture
