@@ -11,7 +11,6 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime as dt
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -230,40 +229,51 @@ class FileList(Plan):
     kind: ClassVar[str] = "files"
 
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
+        import pyarrow as pa
+
+        from distetl.chunkseq import FileChunks
         from distetl.storage import Storage
 
-        stamps: dict[str, str] = {}
         if self.paths:
-            found = [str(p) for p in self.paths]
+            files = FileChunks(pa.array(sorted(str(p) for p in self.paths), type=pa.string()))
         elif self.pattern:
-            stamps = Storage.for_url(self.pattern, storage_options).glob_stamps(self.pattern)
-            found = list(stamps)
-            if not found:
+            table = Storage.for_url(self.pattern, storage_options).glob_table(self.pattern)
+            if not table.num_rows:
                 raise PlanError(
                     f"at least one file matching {self.pattern!r}",
                     "no file",
                     "check the pattern and that the files exist (and the credentials "
                     "for object stores)",
                 )
+            files = FileChunks(table.column("path").combine_chunks(), table.column("stamp").combine_chunks())
         else:
             raise PlanError("--pattern or paths", "neither", "pass --pattern 'data/*.csv'")
-        out = []
-        seen: dict[str, str] = {}
-        for i, path in enumerate(sorted(found)):
-            name = posixpath.basename(path.rstrip("/"))
-            if name in seen:
-                raise PlanError(
-                    "file names unique across the plan (the name is the chunk key)",
-                    f"{name!r} at {seen[name]!r} and {path!r}",
-                    "narrow the pattern, or use a ChunkList with your own keys",
-                )
-            seen[name] = path
-            stem = name.rsplit(".", 1)[0] if "." in name else name
-            fields = {"path": path, "name": name, "stem": stem}
-            if path in stamps:
-                fields["fingerprint"] = stamps[path]
-            out.append(Chunk(key=f"file={name}", fields=fields, index=i))
-        return out
+        _check_unique_names(files)
+        return files
+
+
+def _check_unique_names(files: Any) -> None:
+    """Raise :class:`PlanError` naming the first two paths (in sorted order) that share
+    a file name: the name is the chunk key."""
+    import pyarrow.compute as pc
+
+    names = files.names()
+    if pc.count_distinct(names).as_py() == len(names):
+        return
+    counts = pc.value_counts(names)
+    repeated = {v["values"] for v in counts.to_pylist() if v["counts"] > 1}
+    seen: dict[str, str] = {}
+    for i, name in enumerate(names.to_pylist()):
+        if name not in repeated:
+            continue
+        path = files.paths[i].as_py()
+        if name in seen:
+            raise PlanError(
+                "file names unique across the plan (the name is the chunk key)",
+                f"{name!r} at {seen[name]!r} and {path!r}",
+                "narrow the pattern, or use a ChunkList with your own keys",
+            )
+        seen[name] = path
 
 
 @dataclass(frozen=True)

@@ -198,11 +198,12 @@ class StageIndex:
             return None
 
     def keyed_table(self) -> tuple[Optional[pa.Table], Any]:
-        """What a plan joins on, read a row group at a time: a table of ``key`` (null:
-        a row of odd field types) and ``version`` (dictionary-encoded), and per row the
-        two hash keys of its path and the hash of its stamp (see
-        :mod:`distetl.listing`). Paths and stamps are hashed and dropped as they come,
-        never held whole. (None, None) where :meth:`table` gives None."""
+        """What a plan joins on, read a row group at a time: a table of ``key_missing``
+        (a row of odd field types), ``version`` (dictionary-encoded) and
+        ``inputs_hash`` (the hash of the row's inputs JSON), and per row the two hash
+        keys of its path and the hash of its stamp (see :mod:`distetl.listing`). Paths,
+        stamps and inputs are hashed and dropped as they come, never held whole. (None,
+        None) where :meth:`table` gives None."""
         import numpy as np
         import pyarrow.compute as pc
 
@@ -221,17 +222,19 @@ class StageIndex:
             if not set(_TABLE_COLUMNS) <= set(source.schema_arrow.names):
                 return None, None
             parts, first, second, stamps = [], [], [], []
-            for batch in source.iter_batches(batch_size=65_536, columns=["path", "stamp", "key", "version"]):
+            for batch in source.iter_batches(batch_size=65_536, columns=["path", "stamp", "key", "version", "inputs"]):
                 a, b = path_keys(batch.column(0).to_pylist())
                 first.append(a)
                 second.append(b)
                 stamps.append(np.array([hash(s) for s in batch.column(1).to_pylist()], dtype=np.int64))
-                parts.append(pa.table({"key": pc.is_null(batch.column(2)), "version": batch.column(3)}))
+                inputs = np.array([hash(s) for s in batch.column(4).to_pylist()], dtype=np.int64)
+                parts.append(pa.table({"key": pc.is_null(batch.column(2)), "version": batch.column(3),
+                                       "inputs": inputs}))
         except (OSError, pa.ArrowException):
             return None, None
         if not parts:
             return None, None
-        table = pa.concat_tables(parts).rename_columns(["key_missing", "version"])
+        table = pa.concat_tables(parts).rename_columns(["key_missing", "version", "inputs_hash"])
         return table, (np.concatenate(first), np.concatenate(second), np.concatenate(stamps))
 
     def update(self, listing: Any, drop: set[str],
@@ -488,6 +491,28 @@ class StageRecords:
         if pc.any(self.table.column("key_missing").take(rows)).as_py():
             return None
         return self.table.column("version").take(rows)
+
+    def covered_inputs(self) -> Any:
+        """The hash of every committed chunk's recorded inputs JSON (as the index writes
+        it: ``json.dumps(inputs, sort_keys=True, default=str)``), a NumPy int64 array in
+        committed order, under the same condition as :meth:`covered_versions`; else None."""
+        if self.covered_versions() is None:
+            return None
+        return self.table.column("inputs_hash").take(pa.array(self.rows)).to_numpy()
+
+    def records_at(self, positions: Any) -> Iterator[tuple[int, Optional[ChunkRecord]]]:
+        """(chunk index, record) of the committed chunks at ``positions`` (indexes into
+        :attr:`committed`, ascending): only those records are built."""
+        import numpy as np
+
+        step = 65_536
+        positions = np.asarray(positions, dtype=np.int64)
+        for start in range(0, len(positions), step):
+            chosen = positions[start:start + step]
+            rows = self.rows[chosen]
+            built = self._build(rows[rows >= 0])
+            for i, row in zip(self.committed[chosen].tolist(), rows.tolist()):
+                yield i, (next(built) if row >= 0 else self.footers.get(i))
 
     def footer_items(self) -> Iterator[tuple[int, Optional[ChunkRecord]]]:
         """(chunk index, record) of the chunks whose records came from their footers."""

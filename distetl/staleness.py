@@ -20,6 +20,7 @@ what they were built from.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -94,8 +95,8 @@ def classify(
         current = versions.get(name)
         upstream = by_name.get(plan.stage.upstream) if plan.stage.upstream else None
         mine = None
-        if upstream is None and current is not None and not _fingerprinted(plan.chunks):
-            mine = _code_stale(plan, records[name], current, accepted)
+        if upstream is None and current is not None:
+            mine = _root_stale(plan, records[name], current, accepted)
         if mine is None:
             mine = {}
             for i, record in records[name].items():
@@ -127,33 +128,68 @@ def _differs(column: Any, current: str) -> Any:
 
 def _fingerprinted(chunks: Sequence[Any]) -> bool:
     """Whether any chunk carries its source's fingerprint (file plans)."""
+    from distetl.chunkseq import FileChunks
+
+    if isinstance(chunks, FileChunks):
+        return chunks.fingerprinted
     if not isinstance(chunks, list):
         return False  # generated plans (ids, days) have none
     return any("fingerprint" in c.fields for c in chunks)
 
 
-def _code_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> Optional[dict[int, StaleChunk]]:
-    """The stale chunks of a stage that reads nothing (no upstream, no source files)
-    when the index covers every committed chunk: only a changed code version can make
-    one stale, compared over the index's version column in Arrow. None when that does
-    not apply (then every record is checked)."""
-    import numpy as np
-    import pyarrow as pa
+def _root_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> Optional[dict[int, StaleChunk]]:
+    """The stale chunks of a stage without an upstream stage, when the index covers
+    every committed chunk; None when that does not apply (then every record is checked).
 
+    Over the index's columns, in Arrow and NumPy: a chunk is fresh when its recorded
+    code version is the current one and, for a file plan, its recorded inputs are
+    exactly ``{"source": <the file's stamp now>}`` (compared as hashes of the JSON the
+    index holds). Only the other chunks have their records built and checked one by
+    one (:func:`_why`): a changed version that was accepted, a replaced source file.
+    """
+    import numpy as np
+
+    from distetl.chunkseq import FileChunks
+
+    chunks = plan.chunks
+    files = isinstance(chunks, FileChunks) and chunks.fingerprinted
+    if not files and _fingerprinted(chunks):
+        return None  # a list of chunks carrying fingerprints: checked one by one
     column = records.covered_versions()
     if column is None:
         return None
-    positions = np.flatnonzero(_differs(column, current))
+    suspect = _differs(column, current)
+    if files:
+        recorded = records.covered_inputs()
+        suspect |= recorded != _source_input_hashes(chunks, records.committed)
     out: dict[int, StaleChunk] = {}
-    if not len(positions):
-        return out
-    recorded = column.take(pa.array(positions)).to_pylist()
-    for position, version in zip(positions.tolist(), recorded):
-        i = int(records.committed[position])
-        if not accepted.accepts(plan.name, plan.chunks[i].key, version, current):
-            out[i] = StaleChunk("code", f"stage {plan.name!r} code changed: recorded version {version}, "
-                                        f"current {current}")
+    for i, record in records.records_at(np.flatnonzero(suspect)):
+        why = _why(plan, i, chunks[i], record, current, accepted, None, {}, {})
+        if why is not None:
+            out[i] = why
     return out
+
+
+def _source_input_hashes(chunks: Any, committed: Any) -> Any:
+    """Per committed chunk of a file plan: the hash of the inputs JSON its record holds
+    when its source is unchanged (``json.dumps({"source": stamp}, sort_keys=True)``),
+    as a NumPy int64 array."""
+    import numpy as np
+    import pyarrow as pa
+
+    out = np.empty(len(committed), dtype=np.int64)
+    step = 65_536
+    dumps = json.dumps
+    for start in range(0, len(committed), step):
+        stamps = chunks.stamps.take(pa.array(committed[start:start + step])).to_pylist()
+        out[start:start + len(stamps)] = [
+            hash(f'{{"source": "{stamp}"}}' if _PLAIN.fullmatch(stamp) else dumps({"source": stamp}, sort_keys=True))
+            for stamp in stamps]
+    return out
+
+
+#: A stamp that ``json.dumps`` writes as it is (printable ASCII without '"' and '\').
+_PLAIN = re.compile(r"[ !#-\[\]-~]*")
 
 
 def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: Optional[str],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import threading
 import time
 import uuid
@@ -273,15 +274,40 @@ class Storage:
         Raises:
             StorageError: If the bucket is missing or cannot be read.
         """
+        table = self.glob_table(pattern)
+        return dict(zip(table.column("path").to_pylist(), table.column("stamp").to_pylist()))
+
+    def glob_table(self, pattern: str) -> Any:
+        """The files matching a glob as an Arrow table (``path``, ``stamp``) sorted by
+        path: ~60 bytes per file, for a plan of a million files.
+
+        A local pattern whose wildcards are all in its last segment (``data/*.csv``) is
+        listed with one ``os.scandir`` of its folder, with the same matches and stamps
+        as fsspec's glob (hidden files included, case-sensitive), without an info dict
+        per file. Other patterns go through fsspec's glob (one listing on object stores).
+
+        Raises:
+            StorageError: If the bucket is missing or cannot be read.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         if self.is_s3:
             self.check_root(pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0], role="source")
         try:
-            found = self.fs.glob(self.strip(pattern), detail=True)
+            found = _scandir_glob(self.fs, self.strip(pattern)) if self.is_local else None
+            if found is None:
+                detail = self.fs.glob(self.strip(pattern), detail=True)
+                found = ([self.unstrip(p) for p, info in detail.items() if info.get("type") != "directory"],
+                         [stamp_of(info) for info in detail.values() if info.get("type") != "directory"])
+                del detail
         except FileNotFoundError:
-            return {}
+            found = ([], [])
         except Exception as exc:  # noqa: BLE001 - surface any backend error plainly
             raise self._access_error(pattern, exc, role="source") from None
-        return {self.unstrip(p): stamp_of(info) for p, info in found.items() if info.get("type") != "directory"}
+        table = pa.table({"path": pa.array(found[0], type=pa.string()), "stamp": pa.array(found[1], type=pa.string())})
+        del found
+        return table.take(pc.sort_indices(table, sort_keys=[("path", "ascending")])) if table.num_rows else table
 
     def list_files(self, root: str) -> set[str]:
         """Every file under ``root`` (recursively), as URLs, with one listing.
@@ -998,6 +1024,63 @@ def _local_listing(root: str, keep_stamps: bool = False) -> "Listing":
 
     return Listing(None, pa.chunked_array(stamps, pa.string()) if keep_stamps else None,
                    keys=(numbers(first), numbers(second)), hidden=hidden, stamp_keys=numbers(stamp_keys))
+
+
+_GLOB_MAGIC = re.compile(r"[*?\[]")
+
+
+def _scandir_glob(fs: Any, pattern: str) -> Optional[tuple[Any, Any]]:
+    """Paths and stamps (Arrow string arrays) of the local files matching ``pattern``
+    (absolute), when only its last segment has wildcards; None otherwise (the caller
+    then uses fsspec's glob).
+
+    Matches what fsspec's local glob returns: ``fnmatchcase`` on the names (hidden
+    files included), every entry but directories, a symlink's stamp from fsspec's own
+    info for it. Python strings are turned into Arrow a block at a time.
+    """
+    import fnmatch
+
+    import pyarrow as pa
+
+    folder, _, name = pattern.rpartition("/")
+    if not folder or _GLOB_MAGIC.search(folder) or not _GLOB_MAGIC.search(name) or "**" in name:
+        return None
+    match = re.compile(fnmatch.translate(name)).match
+    blocks: tuple[list[Any], list[Any]] = ([], [])
+    paths: list[str] = []
+    stamps: list[str] = []
+
+    def flush() -> None:
+        blocks[0].append(pa.array(paths, type=pa.string()))
+        blocks[1].append(pa.array(stamps, type=pa.string()))
+        paths.clear()
+        stamps.clear()
+
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = None
+    if entries is not None:
+        with entries:
+            for entry in entries:
+                if not match(entry.name):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        continue
+                    if entry.is_symlink():
+                        stamp = stamp_of(fs.info(entry))
+                    else:
+                        info = entry.stat(follow_symlinks=False)
+                        stamp = f"{info.st_size}:{info.st_mtime}"
+                except FileNotFoundError:  # removed while listing
+                    continue
+                paths.append(entry.path)
+                stamps.append(stamp)
+                if len(paths) >= 65536:
+                    flush()
+    flush()
+    return pa.chunked_array(blocks[0], type=pa.string()), pa.chunked_array(blocks[1], type=pa.string())
 
 
 def _local_stamps(root: str) -> dict[str, str]:

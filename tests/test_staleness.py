@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import cli
 
@@ -269,3 +270,103 @@ def test_a_root_stages_code_change_is_found_over_the_index_columns(tmp_path, pre
     rerun = cli("run", str(flow), "--output", str(out), "--runner", "sequential", "--no-progress", "--stale")
     assert rerun.returncode == 0, rerun.stderr
     assert _stale(flow, out) == {"ids": (0, {})}
+
+
+FILE_ROOT_FLOW = '''
+import pandas as pd
+from distetl import FileList, Pipeline
+
+SCALE = 1
+
+
+def extract(chunk, ctx):
+    with ctx.open(chunk["path"], "rb") as handle:
+        frame = pd.read_csv(handle)
+    return frame * SCALE
+
+
+pipeline = Pipeline(name="files", plan=FileList(pattern=SRC), extract=extract, target="{output}/raw/{stem}.parquet")
+'''
+
+
+def _planned_counting(flow, out, monkeypatch) -> tuple[object, list[int]]:
+    """Plan in this process, counting the records built one by one."""
+    from distetl.loader import load_pipeline
+    from distetl.records import StageRecords
+    import distetl
+
+    built: list[int] = []
+    original = StageRecords._build
+
+    def counting(self, rows):
+        built.append(len(rows))
+        return original(self, rows)
+
+    monkeypatch.setattr(StageRecords, "_build", counting)
+    planned = distetl.plan(load_pipeline(str(flow)), str(out))
+    monkeypatch.setattr(StageRecords, "_build", original)
+    return planned, built
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_file_plans_staleness_is_found_over_the_index_columns(where, tmp_path, flow_file, prefect_api, monkeypatch):
+    """A file plan's fresh chunks are found without building a record each (versions and
+    inputs compared as columns); only the suspects are built and checked: a replaced
+    source (input), a code change (code), and one accepted."""
+    names = [f"f{i}" for i in range(8)]
+    server = None
+    if where == "s3":
+        import uuid
+
+        from s3_server import S3Server, isolate_aws_env
+
+        isolate_aws_env(monkeypatch, tmp_path)
+        server = S3Server().start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        bucket = f"files-{uuid.uuid4().hex[:10]}"
+        server.create_bucket(bucket)
+        client = server.client()
+
+        def write(name: str, text: str) -> None:
+            client.put_object(Bucket=bucket, Key=f"src/{name}.csv", Body=text.encode())
+
+        src, out = f"s3://{bucket}/src/*.csv", f"s3://{bucket}/out"
+    else:
+        (tmp_path / "src").mkdir()
+
+        def write(name: str, text: str) -> None:
+            (tmp_path / "src" / f"{name}.csv").write_text(text)
+
+        src, out = str(tmp_path / "src" / "*.csv"), str(tmp_path / "out")
+    try:
+        for name in names:
+            write(name, "x,y\n1,2\n")
+        flow = flow_file(FILE_ROOT_FLOW.replace("SRC", repr(src)))
+        _run(flow, out)
+        planned, built = _planned_counting(flow, out, monkeypatch)
+        assert planned.records["files"].covered_inputs() is not None  # the columnar path applies
+        assert planned.stale["files"] == {} and sum(built) == 0, built
+        if where == "s3":  # S3 stamps hold the ETag in quotes: JSON escapes them
+            assert '"' in planned.stages[0].chunks[0]["fingerprint"]
+
+        write("f3", "x,y\n10,20\n30,40\n")
+        planned, built = _planned_counting(flow, out, monkeypatch)
+        assert {i: s.cause for i, s in planned.stale["files"].items()} == {3: "input"} and sum(built) == 1, built
+        assert _stale(flow, out) == {"files": (1, {"input": 1})}
+
+        flow.write_text(flow.read_text().replace("SCALE = 1", "SCALE = 3"))
+        planned, built = _planned_counting(flow, out, monkeypatch)
+        assert sum(built) == 8
+        assert sorted(planned.stale["files"]) == list(range(8))
+        assert {s.cause for s in planned.stale["files"].values()} == {"code"}
+        accepted = cli("accept", str(flow), "--output", str(out))
+        assert accepted.returncode == 0, accepted.stderr
+        assert _stale(flow, out) == {"files": (1, {"input": 1})}  # accepted code; f3's source still changed
+        report, _ = _run(flow, out, "--stale")
+        assert _written(report) == {("files", "file=f3.csv")}
+        planned, built = _planned_counting(flow, out, monkeypatch)
+        assert planned.stale["files"] == {}
+        assert _stale(flow, out) == {"files": (0, {})}
+    finally:
+        if server is not None:
+            server.stop()
