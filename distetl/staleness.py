@@ -141,13 +141,15 @@ def _root_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> 
     """The stale chunks of a stage without an upstream stage, when the index covers
     every committed chunk; None when that does not apply (then every record is checked).
 
-    Over the index's columns, in Arrow and NumPy: a chunk is fresh when its recorded
-    code version is the current one and, for a file plan, its recorded inputs are
+    Over the index's columns, in Arrow and NumPy: a chunk whose recorded code version
+    is not the current one (nor accepted) is stale (``code``), as :func:`_why` finds it,
+    without building its record. For a file plan, a chunk whose recorded inputs are not
     exactly ``{"source": <the file's stamp now>}`` (compared as hashes of the JSON the
-    index holds). Only the other chunks have their records built and checked one by
-    one (:func:`_why`): a changed version that was accepted, a replaced source file.
+    index holds) is a suspect: only the suspects' records are built and checked one by
+    one (:func:`_why`), which names the replaced source.
     """
     import numpy as np
+    import pyarrow as pa
 
     from distetl.chunkseq import FileChunks
 
@@ -158,15 +160,22 @@ def _root_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> 
     column = records.covered_versions()
     if column is None:
         return None
-    suspect = _differs(column, current)
-    if files:
-        recorded = records.covered_inputs()
-        suspect |= recorded != _source_input_hashes(chunks, records.committed)
     out: dict[int, StaleChunk] = {}
-    for i, record in records.records_at(np.flatnonzero(suspect)):
-        why = _why(plan, i, chunks[i], record, current, accepted, None, {}, {})
-        if why is not None:
-            out[i] = why
+    positions = np.flatnonzero(_differs(column, current))
+    if len(positions):
+        recorded = column.take(pa.array(positions)).to_pylist()
+        for position, version in zip(positions.tolist(), recorded):
+            i = int(records.committed[position])
+            if not accepted.accepts(plan.name, chunks[i].key, version, current):
+                out[i] = StaleChunk("code", f"stage {plan.name!r} code changed: recorded version {version}, "
+                                            f"current {current}")
+    if files:
+        suspect = records.covered_inputs() != _source_input_hashes(chunks, records.committed)
+        suspects = [p for p in np.flatnonzero(suspect).tolist() if int(records.committed[p]) not in out]
+        for i, record in records.records_at(suspects):
+            why = _why(plan, i, chunks[i], record, current, accepted, None, {}, {})
+            if why is not None:
+                out[i] = why
     return out
 
 

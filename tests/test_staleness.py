@@ -356,12 +356,15 @@ def test_a_file_plans_staleness_is_found_over_the_index_columns(where, tmp_path,
 
         flow.write_text(flow.read_text().replace("SCALE = 1", "SCALE = 3"))
         planned, built = _planned_counting(flow, out, monkeypatch)
-        assert sum(built) == 8
+        assert sum(built) == 0, built  # code-stale from the version column alone (f3 included: code comes first)
         assert sorted(planned.stale["files"]) == list(range(8))
         assert {s.cause for s in planned.stale["files"].values()} == {"code"}
         accepted = cli("accept", str(flow), "--output", str(out))
         assert accepted.returncode == 0, accepted.stderr
         assert _stale(flow, out) == {"files": (1, {"input": 1})}  # accepted code; f3's source still changed
+        planned, built = _planned_counting(flow, out, monkeypatch)
+        assert {i: s.cause for i, s in planned.stale["files"].items()} == {3: "input"} and sum(built) == 1, built
+        assert "f3.csv changed" in planned.stale["files"][3].detail
         report, _ = _run(flow, out, "--stale")
         assert _written(report) == {("files", "file=f3.csv")}
         planned, built = _planned_counting(flow, out, monkeypatch)
