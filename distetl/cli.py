@@ -6,6 +6,7 @@ Exit codes: 0 every chunk committed, 1 some chunk failed, 2 usage or configurati
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -346,5 +347,28 @@ def _explain(planned: Any, key: str, console: Console) -> int:
     return EXIT_OK
 
 
+#: Commands that only read files and print (no Prefect run, no cluster, no server).
+_READ_ONLY = ("status", "accept")
+
+
+def console_main() -> None:
+    """The ``distetl`` command (console script and ``python -m distetl.cli``): exit
+    with :func:`main`'s code.
+
+    ``status`` and ``accept`` end with ``os._exit`` once their output is flushed: they
+    start nothing that needs the interpreter's teardown, and that teardown can abort a
+    process whose work is done when a native Arrow thread is still joinable
+    ("terminate called without an active exception", exit 134; apache/arrow#34314).
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] and argv[0] in _READ_ONLY:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`)
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -57,3 +57,24 @@ def test_configuration_errors_exit_2(tmp_path):
     conflict = cli("run", NYC, "--output", out, "--runner", "sequential", "--workers", "3", *JAN)
     assert conflict.returncode == 2 and "--workers" in conflict.stderr
     assert not Path(out).exists()
+
+
+def test_read_only_commands_exit_with_their_code_and_their_whole_output(tmp_path):
+    """``status`` and ``accept`` end with ``os._exit`` after flushing (no interpreter
+    teardown): the exit code and every line of output still arrive, through a pipe too."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    status = cli("status", NYC, "--output", str(out), "--json", "--start", "2013-01-01", "--end", "2013-03-31")
+    assert status.returncode == 1, status.stderr  # chunks are missing
+    report = json.loads(status.stdout)  # the whole JSON document arrived
+    assert len(report["missing"]) == 90 and report["missing_not_listed"] == 0
+    missing = cli("status", str(tmp_path / "nope.py"), "--output", str(out))
+    assert missing.returncode == 2 and "nope.py" in missing.stderr
+    bad = cli("accept", NYC, "--output", str(out), "--stage", "nosuchstage")
+    assert bad.returncode == 2 and "nosuchstage" in bad.stderr
+    piped = subprocess.run(
+        f"{sys.executable} -m distetl.cli status {NYC} --output {out} --json --start 2013-01-01 --end 2013-03-31 | head -c 20",
+        shell=True, capture_output=True, text=True, cwd=str(REPO))
+    assert piped.stdout == status.stdout[:20] and "Traceback" not in piped.stderr, piped.stderr
