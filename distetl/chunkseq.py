@@ -6,7 +6,7 @@ A regular plan (id ranges, days) knows chunk ``i`` from ``i`` alone, so it hands
 :class:`~distetl.chunks.Chunk` is built when asked for and dropped after use. The
 driver then holds a few integers per plan, not ~500 bytes per chunk, and a batch's
 chunks exist only while the batch is in flight. A file plan keeps its sorted paths and
-their stamps in two Arrow string arrays (:class:`FileChunks`, ~60 bytes per file);
+their stamps in two Arrow string arrays (:class:`FileChunks`, ~50 bytes per file);
 explicit lists keep their chunks in a list. Every consumer treats all alike
 (``Sequence[Chunk]``).
 """
