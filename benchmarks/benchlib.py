@@ -2,7 +2,7 @@
 
 Every variant runs the same per-chunk work: the pipeline's extract and transform, the
 cast to its schema, the Parquet serialisation and the atomic commit of
-:mod:`distetl.execute` (the naive Prefect variant splits exactly that code into three
+:mod:`distetl.engine.execute` (the naive Prefect variant splits exactly that code into three
 tasks; dask.dataframe writes through its own ``to_parquet``). What differs is only how the
 chunks are orchestrated:
 
@@ -54,9 +54,9 @@ import psutil
 import pyarrow.parquet as pq
 
 import distetl
-from distetl.chunks import Chunk
-from distetl.execute import FAILED, WRITTEN, BatchJob, ChunkContext, ChunkResult, run_batch
-from distetl.pipeline import Pipeline, arity
+from distetl.model.chunks import Chunk
+from distetl.engine.execute import FAILED, WRITTEN, BatchJob, ChunkContext, ChunkResult, run_batch
+from distetl.model.pipeline import Pipeline, arity
 from distetl.storage import Storage
 
 __all__ = [

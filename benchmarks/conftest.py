@@ -43,7 +43,7 @@ for _path in (str(REPO / "flows"), str(Path(__file__).resolve().parent)):
 
 import pytest  # noqa: E402
 
-from distetl.prefect_api import EmbeddedServer  # noqa: E402
+from distetl.engine.prefect_api import EmbeddedServer  # noqa: E402
 from benchlib import SERVICE_PIDS_ENV  # noqa: E402
 from report import Bench  # noqa: E402
 from workloads import FULL, QUICK, Sizes  # noqa: E402

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distetl import Chunk, ChunkContext
-from distetl.stages import read_inputs
+from distetl.model.stages import read_inputs
 
 import stages_workload as sw
 

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from distetl.chunks import Chunk
-from distetl.execute import FAILED, WRITTEN, ChunkContext, ChunkResult
-from distetl.pipeline import Pipeline, arity
-from distetl.schema import to_table
+from distetl.model.chunks import Chunk
+from distetl.engine.execute import FAILED, WRITTEN, ChunkContext, ChunkResult
+from distetl.model.pipeline import Pipeline, arity
+from distetl.model.schema import to_table
 from distetl.storage import Storage
 
 __all__ = ["REGISTRY", "naive_body", "naive_extract", "naive_load", "naive_transform"]

@@ -21,12 +21,12 @@ for _path in (str(HERE.parent / "flows"), str(HERE)):
 #: importing its libraries (a CLI user pays that once per process, not per chunk).
 PRELOAD = {
     "loop": (),
-    "sequential": ("distetl.flow", "prefect.flow_engine", "prefect.task_engine"),
-    "distetl": ("distetl.flow", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
+    "sequential": ("distetl.engine.flow", "prefect.flow_engine", "prefect.task_engine"),
+    "distetl": ("distetl.engine.flow", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
     "raw_dask": ("distributed",),
     "naive_prefect": ("naive", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
     "dask_dataframe": ("dask.dataframe", "distributed"),
-    "distetl_by_stage": ("distetl.flow", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
+    "distetl_by_stage": ("distetl.engine.flow", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
     "luigi": ("luigi", "luigi_stages"),
 }
 

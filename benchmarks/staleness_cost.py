@@ -24,7 +24,7 @@ stamps and the records, ``StageIndex.save``.
 The two status calls (each timed whole, in this process):
 
 ``plain``
-    What ``distetl status`` cost before staleness: :func:`distetl.backfill.plan` with
+    What ``distetl status`` cost before staleness: :func:`distetl.engine.backfill.plan` with
     ``_find_stale`` replaced by a no-op. That is: build the stage graph, render every
     chunk's target, check the schema against the template, one recursive listing of the
     stage's root matched against the rendered paths (``Targets.committed``), and
@@ -54,11 +54,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import distetl
-from distetl import backfill
-from distetl.execute import ChunkContext, _chunk_record, _now, _produce
-from distetl.records import RECORD_KEY, ChunkRecord, StageIndex, index_entries
+from distetl.engine import backfill
+from distetl.engine.execute import ChunkContext, _chunk_record, _now, _produce
+from distetl.state.records import RECORD_KEY, ChunkRecord, StageIndex, index_entries
 from distetl.storage import Storage
-from distetl.targets import Targets
+from distetl.model.targets import Targets
 
 from benchlib import PeakRSS
 from workloads import TINY_SCHEMA, tiny_pipeline

@@ -162,7 +162,7 @@ def _flow_runs(url: str, ids: list[str]) -> dict:
 
     from prefect.client.orchestration import get_client
 
-    from distetl.prefect_api import override_settings
+    from distetl.engine.prefect_api import override_settings
 
     with override_settings(api={"url": url}), get_client(sync_client=True) as client:
         return {i: client.read_flow_run(UUID(i)) for i in ids}

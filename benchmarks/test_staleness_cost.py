@@ -6,7 +6,7 @@ the stage index as a run leaves it; see :mod:`staleness_cost`), then, in this pr
 after one warm-up call of each, alternating rounds of:
 
 * ``status_plain``: plain existence status, what ``distetl status`` cost before
-  staleness: ``distetl.backfill.plan`` with ``_find_stale`` a no-op (render every
+  staleness: ``distetl.engine.backfill.plan`` with ``_find_stale`` a no-op (render every
   target, check the schema, one listing of the stage matched against the paths, decide);
 * ``status_staleness``: ``distetl.status`` (the same, plus the stage's code version, the
   index read and checked against the listing's stamps, and every chunk classified);

@@ -4,19 +4,24 @@ Declare a :class:`Pipeline` (a plan, an extract, an optional transform, a target
 template) and :func:`run` it, or use the ``distetl`` command.
 """
 
-from distetl.backfill import PlannedRun, plan, run, status
-from distetl.chunks import Chunk
-from distetl.errors import ChunkError, ClusterError, ConfigError, DistetlError, PlanError, StorageError
-from distetl.execute import ChunkContext, ChunkResult
-from distetl.manifest import RunReport
-from distetl.mappings import AllToOne, CalendarWindow, FromFunction, Identity, Mapping, TrailingDays, WindowDays
-from distetl.pipeline import Pipeline
-from distetl.plans import ChunkList, DateRange, FileList, IdRange, Plan
-from distetl.runners import RunnerSpec
-from distetl.stages import Stage
-from distetl.stopping import RunInterrupted
+from distetl import compat
 
-__version__ = "0.1.0"
+compat.install()
+
+from distetl.engine.backfill import PlannedRun, plan, run, status
+from distetl.model.chunks import Chunk
+from distetl.errors import ChunkError, ClusterError, ConfigError, DistetlError, PlanError, StorageError
+from distetl.engine.execute import ChunkContext
+from distetl.state.results import ChunkResult
+from distetl.state.manifest import RunReport
+from distetl.model.mappings import AllToOne, CalendarWindow, FromFunction, Identity, Mapping, TrailingDays, WindowDays
+from distetl.model.pipeline import Pipeline
+from distetl.model.plans import ChunkList, DateRange, FileList, IdRange, Plan
+from distetl.engine.runners import RunnerSpec
+from distetl.model.stages import Stage
+from distetl.engine.stopping import RunInterrupted
+
+from distetl.version import __version__  # noqa: E402
 
 __all__ = [
     "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",

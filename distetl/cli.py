@@ -56,7 +56,7 @@ def _base_parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=None, help="worker processes for --runner local (default: cores)")
             p.add_argument("--scheduler", default=None, help="remote scheduler tcp://HOST:PORT (or DISTETL_SCHEDULER)")
             p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach a remote scheduler")
-            from distetl.clusters import add_cluster_arguments
+            from distetl.ops.clusters import add_cluster_arguments
 
             add_cluster_arguments(p)
             p.add_argument("--force", action="store_true", help="recompute every chunk, committed or not")
@@ -70,7 +70,7 @@ def _base_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-progress", action="store_true", help="no live progress display")
             p.add_argument("--performance-report", default=None, metavar="FILE.html",
                            help="write Dask's performance report of the run to FILE.html (Dask runners)")
-            from distetl.alerts import add_alert_arguments
+            from distetl.ops.alerts import add_alert_arguments
 
             add_alert_arguments(p)
     cluster = sub.add_parser("cluster", help="start or stop a laptop Dask cluster and Prefect API")
@@ -82,10 +82,10 @@ def _base_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200)
     csub.add_parser("down", help="stop what `cluster up` started")
     csub.add_parser("status", help="show what `cluster up` started")
-    from distetl.ui import add_ui_parser
+    from distetl.ops.ui import add_ui_parser
 
     add_ui_parser(sub)
-    from distetl.serve import add_serve_parser
+    from distetl.ops.serve import add_serve_parser
 
     add_serve_parser(sub)
     return parser
@@ -121,18 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         if args.command == "cluster":
-            from distetl.cluster import cluster_command
+            from distetl.ops.up import cluster_command
 
             return cluster_command(args, console)
         if args.command == "ui":
-            from distetl.ui import ui_command
+            from distetl.ops.ui import ui_command
 
             return ui_command(args, console)
         if args.command == "serve":
-            from distetl.serve import serve_command
+            from distetl.ops.serve import serve_command
 
             return serve_command(args, extra, console)
-        from distetl.dates import fixed_today
+        from distetl.model.dates import fixed_today
 
         with fixed_today(tz=args.tz):  # relative plan dates: one "today" for the whole command
             return _run_or_status(args, extra, console)
@@ -145,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
-    from distetl import backfill
-    from distetl.loader import load_pipeline
+    from distetl.engine import backfill
+    from distetl.engine.loader import load_pipeline
     from distetl.storage import parse_storage_options
 
     pipeline = load_pipeline(args.flow)
@@ -167,18 +167,18 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
             console.print("nothing to accept: no chunk is stale because of its code")
         return EXIT_OK
     pipeline = pipeline.with_retry_options(args.retries, args.retry_delay, args.chunk_timeout)
-    from distetl.runners import RunnerSpec
+    from distetl.engine.runners import RunnerSpec
 
     spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
                                    performance_report=args.performance_report, cluster_class=args.cluster_class,
                                    cluster_options=args.cluster_option, adapt=args.adapt)
-    from distetl.alerts import AlertConfig
+    from distetl.ops.alerts import AlertConfig
 
     alerts = AlertConfig.from_args(args)
     show = not args.no_progress and not args.json and not args.dry_run
     if not args.json:
         console.print(f"[bold]distetl[/] {pipeline.name}: output {args.output} on {spec.describe()}")
-    from distetl.stopping import RunInterrupted
+    from distetl.engine.stopping import RunInterrupted
 
     try:
         report = backfill.run(
@@ -204,7 +204,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
         console.print(f"chunks: total {report.total}, to run {report.to_run}, to skip {report.total - report.to_run}")
     else:
         _print_report(report, console)
-    from distetl.clusters import print_scaling
+    from distetl.ops.clusters import print_scaling
 
     print_scaling(console)
     if spec.performance_report and os.path.exists(spec.performance_report) and report.flow_run_id:
@@ -215,7 +215,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
 
 
 def _print_report(report: Any, console: Console) -> None:
-    from distetl.progress import summary_table
+    from distetl.engine.progress import summary_table
 
     console.print(summary_table(report))
     if report.failed:
@@ -246,7 +246,7 @@ def _print_report(report: Any, console: Console) -> None:
 
 def _last_failed(planned: Any) -> dict[str, int]:
     """Per stage, the chunks that failed in the last run (from its manifest)."""
-    from distetl.manifest import manifest_dir
+    from distetl.state.manifest import manifest_dir
 
     data = planned.targets.storage.read_bytes(f"{manifest_dir(planned.output, planned.pipeline.name)}/latest.json")
     if not data:

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from distetl import AllToOne, CalendarWindow, Identity, Pipeline, Stage
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 #: The one-stage nycflights pipeline, loaded from its flow file beside this one (and
 #: shipped to workers with this file).

@@ -318,7 +318,7 @@ def task_run_states(api_url: str, task_run_ids: Iterable[str]) -> dict[str, str]
 
 def manifest_task_runs(manifest_path: str) -> dict[str, str]:
     """Chunk key → task run id, from a run's per-chunk records (found from its manifest)."""
-    from distetl.manifest import read_chunks
+    from distetl.state.manifest import read_chunks
     from distetl.storage import Storage
 
     return {r["key"]: r["task_run_id"] for r in read_chunks(Storage.for_url(manifest_path), manifest_path)}

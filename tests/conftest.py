@@ -20,7 +20,7 @@ os.environ.pop("DISTETL_SCHEDULER", None)
 
 import pytest  # noqa: E402
 
-from distetl.prefect_api import EmbeddedServer  # noqa: E402
+from distetl.engine.prefect_api import EmbeddedServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def prefect_api(prefect_server, monkeypatch):
     """Point this test's runs at the session's Prefect API: subprocesses through the
     environment, this process's Prefect clients through a settings context (Prefect reads
     the environment once, when first imported, which may have been before this test)."""
-    from distetl.prefect_api import override_settings
+    from distetl.engine.prefect_api import override_settings
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     with override_settings(api={"url": prefect_server}):
@@ -66,7 +66,7 @@ def last_run(out: Path, pipeline: str) -> tuple[dict, list[dict]]:
     and its per-chunk records (from the run's ``.chunks.parquet``)."""
     import json
 
-    from distetl.manifest import read_chunks
+    from distetl.state.manifest import read_chunks
     from distetl.storage import Storage
 
     latest = json.loads((Path(out) / "_distetl" / pipeline / "latest.json").read_text())

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from distetl.alerts import alert_payload, send_alerts, status_of
-from distetl.execute import BLOCKED, FAILED, WRITTEN, ChunkResult
-from distetl.manifest import RunReport
+from distetl.ops.alerts import alert_payload, send_alerts, status_of
+from distetl.engine.execute import BLOCKED, FAILED, WRITTEN, ChunkResult
+from distetl.state.manifest import RunReport
 
 from cluster_helpers import wait_until
 from conftest import REPO, cli, last_run
@@ -250,7 +250,7 @@ def test_the_prefect_native_route_an_automation_on_failed_flow_runs_fires(tmp_pa
     from prefect.automations import Automation, EventTrigger, SendNotification
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from distetl.prefect_api import EmbeddedServer
+    from distetl.engine.prefect_api import EmbeddedServer
 
     server = EmbeddedServer(tmp_path / "prefect", all_services=True)
     url = server.start()

@@ -29,10 +29,10 @@ import pytest
 
 import distetl
 from distetl import ChunkError, IdRange, Pipeline
-from distetl.execute import FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkContext, run_chunk
-from distetl.leftovers import TEMP_NAME, find_leftovers
-from distetl.loader import load_pipeline
-from distetl.records import read_record
+from distetl.engine.execute import FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkContext, run_chunk
+from distetl.state.leftovers import TEMP_NAME, find_leftovers
+from distetl.engine.loader import load_pipeline
+from distetl.state.records import read_record
 from distetl.storage import MULTIPART_PART_SIZE, SinkAborted, Storage
 
 from conftest import REPO
@@ -477,7 +477,7 @@ import json, os, sys, time
 import numpy as np
 import pandas as pd
 from distetl import IdRange, Pipeline
-from distetl.execute import BatchJob, run_batch
+from distetl.engine.execute import BatchJob, run_batch
 
 PIECES, ROWS, COLUMNS = {pieces}, {rows}, {columns}
 produced = {{"bytes": 0, "pieces": 0}}
@@ -526,7 +526,7 @@ print(json.dumps({{"status": result.status, "error": result.error, "rows": resul
 
 
 def test_a_chunk_of_more_than_1_gb_is_written_with_peak_rss_growth_under_a_quarter_of_it(tmp_path):
-    """A worker process (a plain subprocess running :func:`distetl.execute.run_batch`,
+    """A worker process (a plain subprocess running :func:`distetl.engine.execute.run_batch`,
     the function a Dask worker runs) writes one chunk of 40 pieces of 28.8 MB of
     float64 (1.15 GB in memory) generated on the fly.
 

@@ -146,7 +146,7 @@ def test_workers_with_adapt_is_a_conflict(tmp_path, flow_file):
 # -- parsing, sizing, configuration (in process, nothing started) -------------------------
 
 def test_options_parse_as_json_where_they_parse():
-    from distetl.clusters import parse_adapt, parse_cluster_options
+    from distetl.ops.clusters import parse_adapt, parse_cluster_options
 
     assert parse_cluster_options(["cores=4", "memory=16GiB", "x=1.5", "flag=true", 'extra=["--qos=low"]',
                                   'opts={"a": 1}', "name=abc", "empty="]) == {
@@ -165,9 +165,9 @@ def test_options_parse_as_json_where_they_parse():
 
 
 def test_runner_spec_sizes_batches_and_in_flight_work_for_the_adaptive_maximum():
-    from distetl.clusters import planned_threads
-    from distetl.dispatch import BATCHES_PER_WORKER
-    from distetl.runners import RunnerSpec, local_cluster
+    from distetl.ops.clusters import planned_threads
+    from distetl.engine.dispatch import BATCHES_PER_WORKER
+    from distetl.engine.runners import RunnerSpec, local_cluster
 
     spec = RunnerSpec.from_options(None, None, None, cluster_class="dask_jobqueue.local.LocalCluster",
                                    cluster_options=["cores=4", "memory=4GiB", "processes=2"], adapt="min=0,max=6")
@@ -195,7 +195,7 @@ def test_runner_spec_sizes_batches_and_in_flight_work_for_the_adaptive_maximum()
 
 def test_a_cluster_class_needs_a_size():
     from distetl.errors import ConfigError
-    from distetl.runners import RunnerSpec
+    from distetl.engine.runners import RunnerSpec
 
     with pytest.raises(ConfigError, match="neither --adapt nor --workers"):
         RunnerSpec.from_options(None, None, None, cluster_class="dask_jobqueue.SLURMCluster")
@@ -211,7 +211,7 @@ def test_adaptive_scheduler_counts_an_unmeasured_batch_as_long(monkeypatch):
     a value the user configured wins."""
     import dask
 
-    from distetl.clusters import ADAPTIVE_UNKNOWN_TASK_DURATION, cluster_factory
+    from distetl.ops.clusters import ADAPTIVE_UNKNOWN_TASK_DURATION, cluster_factory
     from dask.utils import parse_timedelta
 
     make = cluster_factory(None, {"minimum": 0, "maximum": 1}, 1)
@@ -229,7 +229,7 @@ def test_adaptive_scheduler_counts_an_unmeasured_batch_as_long(monkeypatch):
 def test_a_cluster_that_fails_to_close_does_not_lose_the_run(capsys):
     """A deployment library failing to tear down (dask-jobqueue's local mode does when a
     job never started) warns; the run's results, report and manifest stand."""
-    from distetl.clusters import _keep_results_if_close_fails
+    from distetl.ops.clusters import _keep_results_if_close_fails
 
     class Broken:
         def close(self, timeout=None):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import distetl
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 from cluster_helpers import (
     DaskProcesses, clean_env, expected_table, logged_flow_source, manifest_task_runs, read_exec_log,

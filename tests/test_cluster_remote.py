@@ -18,9 +18,9 @@ import pytest
 
 import distetl
 from distetl.errors import ClusterError
-from distetl.loader import load_pipeline
-from distetl.prefect_api import EmbeddedServer
-from distetl.runners import RunnerSpec
+from distetl.engine.loader import load_pipeline
+from distetl.engine.prefect_api import EmbeddedServer
+from distetl.engine.runners import RunnerSpec
 
 from cluster_helpers import (
     DaskProcesses, ProcessWatcher, clean_env, expected_table, free_port, logged_flow_source,

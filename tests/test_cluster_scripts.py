@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from distetl.errors import ClusterError
-from distetl.runners import RunnerSpec
+from distetl.engine.runners import RunnerSpec
 
 from cluster_helpers import clean_env, free_port, logged_flow_source, wait_until
 from conftest import REPO, cli

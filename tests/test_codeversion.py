@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from distetl.codeversion import code_version
+from distetl.model.codeversion import code_version
 
 _names = itertools.count()
 
@@ -350,7 +350,7 @@ spec = importlib.util.spec_from_file_location(sys.argv[2], sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules[sys.argv[2]] = module
 spec.loader.exec_module(module)
-from distetl.codeversion import code_version
+from distetl.model.codeversion import code_version
 print(code_version(module.transform, module.helper, extra={"s": "x"}))
 '''
 

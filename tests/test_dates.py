@@ -10,7 +10,7 @@ import pytest
 
 import distetl
 from distetl import ConfigError, DateRange, PlanError, Pipeline
-from distetl.dates import Today, current, fixed_today, is_relative, resolve_date, today_in
+from distetl.model.dates import Today, current, fixed_today, is_relative, resolve_date, today_in
 
 from conftest import cli
 

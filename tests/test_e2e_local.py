@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import distetl
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 from conftest import REPO
 
@@ -60,7 +60,7 @@ def _assert_every_chunk_recorded_in_prefect(report):
     import httpx
     import json
 
-    from distetl.manifest import read_chunks
+    from distetl.state.manifest import read_chunks
     from distetl.storage import Storage
 
     task_run_ids = {r.task_run_id for r in report.results}

@@ -80,7 +80,7 @@ def test_chunk_killed_mid_write_leaves_no_file_and_rerun_completes(tmp_path, flo
             return real_replace(src, dst)
         os.replace = replace
         import distetl
-        from distetl.loader import load_pipeline
+        from distetl.engine.loader import load_pipeline
         distetl.run(load_pipeline({str(flow)!r}), {str(out)!r}, runner="sequential")
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

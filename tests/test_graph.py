@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from distetl import AllToOne, CalendarWindow, ConfigError, DateRange, Identity, Pipeline, Stage
-from distetl.graph import ReadyTracker, StageGraph, StagePlan, decide
-from distetl.mappings import UpstreamKeys, resolve_inputs
+from distetl.model.graph import ReadyTracker, StageGraph, StagePlan, decide
+from distetl.model.mappings import UpstreamKeys, resolve_inputs
 
 
 def _extract(chunk):

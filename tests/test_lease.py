@@ -24,7 +24,7 @@ import pytest
 from cluster_helpers import wait_until
 from conftest import REPO, cli, last_run
 from distetl.errors import ConfigError
-from distetl.lease import LeaseInfo, RunLease
+from distetl.state.lease import LeaseInfo, RunLease
 from distetl.storage import Storage
 
 FLOW = """

@@ -8,9 +8,9 @@ import gc
 
 import pytest
 
-from distetl.chunks import Chunk
+from distetl.model.chunks import Chunk
 from distetl.errors import ConfigError, PlanError
-from distetl.mappings import (
+from distetl.model.mappings import (
     AllToOne,
     CalendarWindow,
     FromFunction,
@@ -21,8 +21,8 @@ from distetl.mappings import (
     WindowDays,
     resolve_inputs,
 )
-from distetl.plans import ChunkList, DateRange, IdRange
-from distetl.templates import TargetTemplate
+from distetl.model.plans import ChunkList, DateRange, IdRange
+from distetl.model.templates import TargetTemplate
 
 
 def days(start: str, end: str) -> list[Chunk]:

@@ -15,12 +15,12 @@ import pytest
 
 import distetl
 from distetl import ChunkError, ChunkList, DateRange, FileList, IdRange, PlanError
-from distetl.loader import load_pipeline
-from distetl.partitions import (
+from distetl.engine.loader import load_pipeline
+from distetl.model.partitions import (
     HIVE_NULL, check_schema, convert_path_values, dataset_root, partition_layout, partition_values,
     strip_partition_columns,
 )
-from distetl.targets import Targets
+from distetl.model.targets import Targets
 
 from conftest import REPO, cli
 

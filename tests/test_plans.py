@@ -120,7 +120,7 @@ def test_file_chunks_are_columns_that_behave_like_the_list_of_chunks(tmp_path):
     import pickle
 
     from distetl import Chunk
-    from distetl.chunkseq import FileChunks
+    from distetl.model.chunkseq import FileChunks
 
     for i in range(30):
         (tmp_path / f"f{i:02d}.tar.gz").write_text("x" * i)

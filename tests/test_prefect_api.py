@@ -7,8 +7,8 @@ import json
 import urllib.request
 
 import distetl
-from distetl.pipeline import Pipeline
-from distetl.plans import ChunkList
+from distetl.model.pipeline import Pipeline
+from distetl.model.plans import ChunkList
 
 
 def _settings(api_url: str) -> dict:

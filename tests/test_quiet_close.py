@@ -1,4 +1,4 @@
-"""A local cluster's close prints no heartbeat traceback (``distetl.quietclose``).
+"""A local cluster's close prints no heartbeat traceback (``distetl.engine.quietclose``).
 
 A real cluster in a subprocess whose scheduler answers heartbeats slowly, so that one is
 waiting for its answer when the cluster closes. Dask's own ``LocalCluster`` in the same
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCENE = '''
 import asyncio, logging, sys, time
 from distributed import Client, LocalCluster
-from distetl.runners import local_cluster
+from distetl.engine.runners import local_cluster
 
 if __name__ == "__main__":
     build = local_cluster if sys.argv[1] == "distetl" else LocalCluster
@@ -53,7 +53,7 @@ def test_closing_a_local_cluster_prints_no_heartbeat_traceback_and_keeps_real_fa
     dask_err = out["dask"][1]
     assert "during heartbeat.\nTraceback" in dask_err, (
         "control: Dask's LocalCluster no longer prints the heartbeat traceback at close in this scene; "
-        f"if Dask fixed the race, distetl.quietclose can go\n{dask_err[-3000:]}")
+        f"if Dask fixed the race, distetl.engine.quietclose can go\n{dask_err[-3000:]}")
 
     ours = out["distetl"][1]
     assert "Traceback" not in ours, ours[-3000:]

@@ -9,7 +9,7 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distetl.records import ChunkRecord, StageIndex
+from distetl.state.records import ChunkRecord, StageIndex
 from distetl.storage import Storage
 
 

@@ -27,7 +27,7 @@ import pytest
 
 import distetl
 from distetl import StorageError
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 from distetl.storage import Storage
 
 from conftest import REPO, cli
@@ -305,8 +305,8 @@ def test_listing_is_one_request_and_never_cached(s3, bucket):
 # -- sources on S3, the command line, credentials --------------------------------------------
 
 def test_credentials_stay_out_of_reprs_and_reports(s3, ids_flow):
-    from distetl.execute import BatchJob, ChunkContext
-    from distetl.manifest import RunReport
+    from distetl.engine.execute import BatchJob, ChunkContext
+    from distetl.state.manifest import RunReport
 
     secret = "opt-" + uuid.uuid4().hex
     options = _options(s3, key="AKIAOPTIONKEY0000000", secret=secret)

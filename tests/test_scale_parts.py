@@ -10,12 +10,12 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from distetl.chunkseq import DayChunks, IdChunks, IndexSet
+from distetl.model.chunkseq import DayChunks, IdChunks, IndexSet
 from distetl.errors import PlanError
-from distetl.execute import BLOCKED, FAILED, WRITTEN, ChunkResult
-from distetl.ledger import RunLedger
-from distetl.plans import ChunkList, DateRange, IdRange
-from distetl.targets import Targets
+from distetl.engine.execute import BLOCKED, FAILED, WRITTEN, ChunkResult
+from distetl.state.ledger import RunLedger
+from distetl.model.plans import ChunkList, DateRange, IdRange
+from distetl.model.targets import Targets
 
 
 def _listed(chunks):
@@ -41,7 +41,7 @@ def test_generated_chunks_equal_the_listed_ones_and_find_their_keys():
 
 
 def test_a_million_chunks_cost_no_memory_until_asked_for():
-    code = ("import resource, sys; from distetl.plans import IdRange;"
+    code = ("import resource, sys; from distetl.model.plans import IdRange;"
             "c = IdRange(start=0, stop=20_000_000, size=20).chunks(); "
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             "n = sum(1 for _ in c); k = c[999_999].key;"
@@ -86,7 +86,7 @@ def test_targets_plan_renders_checks_and_finds_committed_in_one_pass(tmp_path):
 
 
 def test_ledger_counts_keeps_first_failures_and_spills_every_row(tmp_path, monkeypatch):
-    import distetl.ledger as ledger_module
+    import distetl.state.ledger as ledger_module
 
     monkeypatch.setattr(ledger_module, "ROWS_PER_GROUP", 7)
     ledger = RunLedger(["a"], keep_failed=3)
@@ -111,7 +111,7 @@ def test_ledger_counts_keeps_first_failures_and_spills_every_row(tmp_path, monke
 
 
 def test_a_runs_per_chunk_file_comes_from_the_ledger(tmp_path):
-    from distetl.manifest import RunReport
+    from distetl.state.manifest import RunReport
     from distetl.storage import Storage
 
     report = RunReport(pipeline="p", output=str(tmp_path), runner="local", run_id="ab" * 16,

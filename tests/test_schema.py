@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from distetl import ChunkError
-from distetl.schema import to_table
+from distetl.model.schema import to_table
 
 SCHEMA = pa.schema([("id", pa.int64()), ("amount", pa.float64()), ("note", pa.string())])
 

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from distetl.cli import main
-from distetl.prefect_api import EmbeddedServer, override_settings
+from distetl.engine.prefect_api import EmbeddedServer, override_settings
 
 from cluster_helpers import clean_env, wait_until
 from conftest import REPO

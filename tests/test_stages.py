@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import distetl
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 from cluster_helpers import DaskProcesses, clean_env
 from conftest import REPO, cli, last_run
@@ -135,7 +135,7 @@ def _assert_task_runs_named_by_stage(report):
 FAILING = """
 import os
 from distetl import Pipeline
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 R = load_pipeline({rollups!r})
 

@@ -248,7 +248,7 @@ pipeline = Pipeline(name="ids", plan=IdRange(start=0, stop=60, size=10), extract
 def test_a_root_stages_code_change_is_found_over_the_index_columns(tmp_path, prefect_api):
     """A stage that reads nothing (ids) is compared on the index's version column; the
     same chunks go stale (and are accepted) as the record-by-record path finds."""
-    from distetl.loader import load_pipeline
+    from distetl.engine.loader import load_pipeline
     import distetl
 
     flow = tmp_path / "ids_flow.py"
@@ -291,8 +291,8 @@ pipeline = Pipeline(name="files", plan=FileList(pattern=SRC), extract=extract, t
 
 def _planned_counting(flow, out, monkeypatch) -> tuple[object, list[int]]:
     """Plan in this process, counting the records built one by one."""
-    from distetl.loader import load_pipeline
-    from distetl.records import StageRecords
+    from distetl.engine.loader import load_pipeline
+    from distetl.state.records import StageRecords
     import distetl
 
     built: list[int] = []

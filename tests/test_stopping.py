@@ -6,9 +6,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from distetl.chunks import Chunk
-from distetl.execute import BatchJob
-from distetl.stopping import StopSignal
+from distetl.model.chunks import Chunk
+from distetl.engine.execute import BatchJob
+from distetl.engine.stopping import StopSignal
 
 
 def test_callbacks_run_once_whenever_they_are_registered():
@@ -37,7 +37,7 @@ def test_a_request_while_the_lock_is_held_does_not_wait_for_it():
 def test_two_stages_batches_with_the_same_first_key_have_distinct_ids(prefect_api):
     # Imported here, after the session's API is set: importing Prefect earlier would fix
     # its settings without PREFECT_API_URL for the rest of the session.
-    from distetl.flow import _batch_id
+    from distetl.engine.flow import _batch_id
 
     chunk = Chunk("date=2013-01-01", {"date": "2013-01-01"})
     x = BatchJob(None, [(chunk, "/x/a")], "/out", stage="x")

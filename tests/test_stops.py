@@ -16,7 +16,7 @@ from uuid import UUID
 import pytest
 
 import distetl
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 from cluster_helpers import DaskProcesses, clean_env, wait_until
 from conftest import REPO, cli, last_run

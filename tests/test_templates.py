@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distetl import Chunk, ChunkList, DateRange, PlanError
-from distetl.targets import Targets
-from distetl.templates import TargetTemplate
+from distetl.model.targets import Targets
+from distetl.model.templates import TargetTemplate
 
 
 def test_render_uses_chunk_fields_and_output():

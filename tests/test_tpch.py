@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import distetl
-from distetl.loader import load_pipeline
+from distetl.engine.loader import load_pipeline
 
 from conftest import REPO, cli, last_run
 
@@ -66,10 +66,10 @@ def test_cli_takes_scale_factor_and_parts(tmp_path, tpch_cache):
 def test_batched_on_a_cluster_every_chunk_still_reports(tmp_path, tpch_cache, prefect_api, monkeypatch):
     """Two Prefect tasks for three chunks on two Dask workers: the live feed still gets
     one event per chunk from the workers, and the manifest one row per chunk."""
-    import distetl.flow
+    import distetl.engine.flow
 
     events = []
-    real = distetl.flow.run_flow
+    real = distetl.engine.flow.run_flow
 
     def spy(pipeline, jobs, task_runner, on_result, on_chunk, flow_run_name, **options):
         def chunk(event):
@@ -78,7 +78,7 @@ def test_batched_on_a_cluster_every_chunk_still_reports(tmp_path, tpch_cache, pr
 
         return real(pipeline, jobs, task_runner, on_result, chunk, flow_run_name, **options)
 
-    monkeypatch.setattr(distetl.flow, "run_flow", spy)
+    monkeypatch.setattr(distetl.engine.flow, "run_flow", spy)
     out = tmp_path / "out"
     report = distetl.run(load_pipeline(TPCH), str(out), runner="local", workers=2,
                          params={"sf": SF, "parts": PARTS}, chunks_per_task=2)

@@ -155,7 +155,7 @@ def _assert_not_blank(png: Path) -> None:
 
 def test_ui_refuses_while_a_run_has_its_own_server_on_the_database(tmp_path):
     """Simulated with a record of a live run's server (this test process)."""
-    from distetl.ui import registered
+    from distetl.ops.ui import registered
 
     home = tmp_path / "home"
     env = clean_env(DISTETL_HOME=str(home))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from distetl.watch import flow_run_url, ui_base
+from distetl.engine.watch import flow_run_url, ui_base
 
 from conftest import cli, last_run
 

@@ -1,0 +1,601 @@
+"""What runs on a worker: extract → transform → write one chunk, a batch at a time.
+
+Plain Python: nothing here imports Prefect or needs a cluster. The Prefect task in
+:mod:`distetl.engine.flow` wraps :func:`run_batch`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import pyarrow.parquet as pq
+
+from distetl.model.chunks import Chunk
+from distetl.errors import ChunkError
+from distetl.model.partitions import strip_partitions
+from distetl.state.records import RECORD_KEY, data_version, read_record
+from distetl.model.pipeline import Pipeline, arity
+from distetl.model.schema import is_piece, is_stream, to_table
+from distetl.storage import AtomicSink, Storage
+
+__all__ = ["ChunkContext", "ChunkResult", "ChunkStopped", "ChunkTimeout", "BatchJob", "run_chunk", "run_batch"]
+
+from distetl.state.results import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult  # noqa: E402
+
+
+@dataclass
+class ChunkContext:
+    """What a chunk's extract may use besides the chunk itself.
+
+    Attributes:
+        chunk: The chunk being run.
+        output: The run's output root.
+        storage_options: fsspec options of the run (credentials included; do not log).
+    """
+
+    chunk: Chunk
+    output: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    inputs: Sequence[str] = ()
+    input_root: Optional[str] = None
+    stage: str = ""
+    #: The record written with the chunk's file (set when it is produced).
+    record: Optional[dict[str, Any]] = field(default=None, repr=False)
+
+    def read_inputs_table(self, columns: Optional[Sequence[str]] = None) -> Any:
+        """The chunk's committed upstream files as one Arrow table, partition columns
+        (``name=value`` directories of the upstream target) restored from the paths.
+
+        Args:
+            columns: Read only these columns (default: all).
+        """
+        import pyarrow.dataset as ds
+
+        if not self.inputs:
+            raise ChunkError(
+                "upstream input files for this chunk", "none",
+                "read inputs only in a downstream stage (one with upstream=...)",
+                where=f"chunk {self.chunk.key}",
+            )
+        storage = self.storage(self.inputs[0])
+        files = [storage.strip(p) for p in self.inputs]
+        options: dict[str, Any] = {"format": "parquet", "partitioning": "hive"}
+        if self.input_root:
+            options["partition_base_dir"] = storage.strip(self.input_root)
+        if not storage.is_local:
+            options["filesystem"] = storage.fs
+        return ds.dataset(files, **options).to_table(columns=list(columns) if columns else None)
+
+    def read_inputs(self, columns: Optional[Sequence[str]] = None) -> Any:
+        """The chunk's committed upstream files as one pandas DataFrame (see
+        :meth:`read_inputs_table`)."""
+        return self.read_inputs_table(columns).to_pandas()
+
+    def storage(self, url: str) -> Storage:
+        """The storage for a source URL, with the run's storage options."""
+        return Storage.for_url(url, self.storage_options)
+
+    def open(self, url: str, mode: str = "rb", **kwargs: Any):
+        """Open a source file through fsspec with the run's storage options."""
+        return self.storage(url).open(url, mode, **kwargs)
+
+    def filesystem(self, url: str):
+        """The fsspec filesystem for a URL (e.g. to hand to pandas or pyarrow)."""
+        return self.storage(url).fs
+
+
+@dataclass
+class BatchJob:
+    """Chunks that one task runs in order on one worker.
+
+    Attributes:
+        pipeline: The pipeline (pickled to the worker).
+        chunks: The chunks, each with its rendered target path.
+        output: Output root.
+        storage_options: fsspec options.
+        force: Recompute even when the target exists.
+        topic: Progress topic name (Dask worker events) for this run.
+        stage: The stage the chunks belong to (default: the pipeline's only stage).
+        inputs: For a downstream stage, each chunk's committed upstream paths.
+        input_root: The upstream stage's dataset root (for its partition columns).
+        record: What every chunk's record (its file's ``distetl.record`` metadata)
+            shares: pipeline, stage, code version, run id, distetl version.
+    """
+
+    pipeline: Pipeline
+    chunks: Sequence[tuple[Chunk, str]]
+    output: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    force: bool = False
+    topic: str = ""
+    stage: str = ""
+    inputs: Optional[Sequence[Sequence[str]]] = None
+    input_root: Optional[str] = None
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        keys = [c.key for c, _ in self.chunks]
+        name = self.stage or self.pipeline.name
+        if len(keys) == 1:
+            return f"{name}[{keys[0]}]"
+        return f"{name}[{keys[0]}..{keys[-1]}] ({len(keys)} chunks)"
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Produced:
+    """One chunk, produced and not yet committed.
+
+    Attributes:
+        rows: Rows in the file.
+        data: The Parquet bytes (one DataFrame or table: committed with ``write_atomic``).
+        sink: Where a streamed chunk was written (committed with ``sink.commit()``).
+        pieces: Pieces of a streamed chunk.
+    """
+
+    rows: int
+    data: Optional[bytes] = None
+    sink: Optional[AtomicSink] = None
+    pieces: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else (self.sink.size if self.sink is not None else 0)
+
+    def commit(self, storage: Storage, path: str, create_only: bool) -> bool:
+        if self.sink is not None:
+            return self.sink.commit()
+        return storage.write_atomic(path, self.data, create_only=create_only)
+
+
+class _Abandoned(Exception):
+    """The try of a chunk was given up on (timed out or stopped) while it streamed."""
+
+
+class _Attempt:
+    """One try of one chunk: the sink its streamed pieces go to, and whether the try was
+    given up on. :meth:`give_up` (from the watching thread, past a time limit or on a
+    stop) aborts the sink at once -- the temp file is removed, the multipart upload
+    aborted -- and the producing thread stops at its next piece.
+
+    Args:
+        open_sink: Makes the sink (``storage.open_atomic(path, ...)``); called on the
+            first piece. None: the file is kept in memory (:func:`_produce` then returns
+            its bytes).
+    """
+
+    def __init__(self, open_sink: Optional[Callable[[], Any]] = None):
+        self._open_sink = open_sink
+        self._guard = threading.Lock()
+        self.sink: Any = None
+        self.given_up = False
+
+    def open(self) -> Any:
+        with self._guard:
+            self.check()
+            self.sink = self._open_sink() if self._open_sink is not None else _MemorySink()
+            return self.sink
+
+    def check(self) -> None:
+        if self.given_up:
+            raise _Abandoned("the chunk was given up on (timed out or stopped); nothing was committed")
+
+    def give_up(self) -> None:
+        """Abort the sink (if any); idempotent, a no-op once committed."""
+        with self._guard:
+            self.given_up = True
+            sink = self.sink
+        if sink is not None:
+            sink.abort()
+
+
+class _MemorySink(io.BytesIO):
+    """A streamed chunk kept in memory (no storage given): :func:`_produce` returns its bytes."""
+
+    def abort(self) -> None:
+        pass
+
+
+def _call(func: Callable[..., Any], value: Any, chunk: Chunk) -> Any:
+    return func(value, chunk) if arity(func) >= 2 else func(value)
+
+
+def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
+             record: Optional[Mapping[str, Any]] = None, attempt: Optional[_Attempt] = None) -> _Produced:
+    """Extract, transform and serialise one chunk.
+
+    One DataFrame or Arrow table (the fast path): cast to the schema, partition columns
+    dropped, serialised to Parquet bytes in memory (``_Produced.data``).
+
+    A stream (the extract or the transform returns an iterator, generator, list or
+    ``RecordBatchReader`` of DataFrames, tables or record batches): each piece is cast
+    and written as it comes with ``pyarrow.parquet.ParquetWriter`` to the sink of
+    ``attempt`` (the temp file or multipart upload of the target), so only a few pieces
+    are in memory at once; the file is complete but not committed (``_Produced.sink``).
+    With a streaming extract, the transform is applied to each piece. See
+    :func:`_write_stream`.
+
+    ``record`` (see :mod:`distetl.state.records`; its row count and time are added here)
+    goes into the file's key-value metadata, so a file and its provenance cannot
+    disagree.
+    """
+    if arity(pipeline.extract) >= 2:
+        frame = pipeline.extract(chunk, context)
+    else:
+        frame = pipeline.extract(chunk)
+    per_piece = None
+    if is_stream(frame):
+        per_piece = pipeline.transform
+    elif pipeline.transform is not None:
+        frame = _call(pipeline.transform, frame, chunk)
+    if is_stream(frame):
+        return _write_stream(pipeline, chunk, context, record, frame, per_piece, attempt or _Attempt())
+    table = to_table(frame, pipeline.schema, chunk.key)
+    table = strip_partitions(table, pipeline.target, chunk, context.output)
+    if record is not None:
+        full = {**record, "rows": table.num_rows, "produced_at": _now()}
+        metadata = dict(table.schema.metadata or {})
+        metadata[RECORD_KEY] = json.dumps(full, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(metadata)
+        context.record = full
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=pipeline.compression)
+    return _Produced(rows=table.num_rows, data=buffer.getvalue())
+
+
+def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, record: Optional[Mapping[str, Any]],
+                  stream: Any, transform: Optional[Callable[..., Any]], attempt: _Attempt) -> _Produced:
+    """Write a streamed chunk piece by piece to ``attempt``'s sink; not committed.
+
+    Each piece (after ``transform``, if given) is cast to the declared schema -- or,
+    without one, to the first piece's schema, a later piece with other columns or an
+    uncastable column failing the chunk -- its partition columns are checked and
+    dropped, and it is written as a row group (or several) at once; empty pieces are
+    skipped. No piece is kept: memory holds the piece being cast and written and the
+    sink's buffer. The record (with the row count) goes into the footer's key-value
+    metadata. On any failure (or once the attempt is given up on) the sink is aborted
+    and the iterator closed.
+
+    Raises:
+        ChunkError: A piece is not a table, cannot be cast, or its partition column
+            differs from the path (naming the chunk, the piece and the column); or the
+            stream is empty and no schema is declared.
+    """
+    declared = pipeline.schema
+    inferred = None
+    writer = None
+    rows = count = 0
+    iterator = iter(stream)
+    try:
+        for piece in iterator:
+            attempt.check()
+            count += 1
+            if transform is not None:
+                piece = _call(transform, piece, chunk)
+                if not is_piece(piece):
+                    raise ChunkError(
+                        "the transform to return one DataFrame or Arrow table per piece (the extract "
+                        "yields pieces, and the transform is applied to each)",
+                        type(piece).__name__,
+                        "transform one piece at a time (def transform(df): ...), or do the "
+                        "whole-stream work in the extract's generator",
+                        where=f"chunk {chunk.key}, piece {count}",
+                    )
+            table = to_table(piece, declared or inferred, chunk.key, piece=count,
+                             inferred=declared is None and inferred is not None)
+            del piece
+            if declared is None and inferred is None:
+                inferred = table.schema
+            table = _strip_piece(table, pipeline, chunk, context, count)
+            if writer is None:
+                writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
+            if table.num_rows:
+                writer.write_table(table)
+                rows += table.num_rows
+            del table
+        attempt.check()
+        if writer is None:  # not one piece: an empty file of the declared schema
+            if declared is None:
+                raise ChunkError(
+                    "at least one piece (DataFrame or Arrow table) from the chunk's iterator, or a "
+                    "declared schema", "an empty iterator",
+                    "yield at least one (possibly empty) DataFrame, or declare Pipeline(schema=...)",
+                    where=f"chunk {chunk.key}",
+                )
+            table = _strip_piece(declared.empty_table(), pipeline, chunk, context, 0)
+            writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
+        if record is not None:
+            full = {**record, "rows": rows, "produced_at": _now()}
+            writer.add_key_value_metadata({RECORD_KEY: json.dumps(full, sort_keys=True, default=str).encode()})
+            context.record = full
+        writer.close()
+        attempt.check()
+    except BaseException:
+        attempt.give_up()
+        if writer is not None:
+            try:
+                writer.close()  # its footer goes to the aborted sink: refused, nothing written
+            except Exception:  # noqa: BLE001
+                pass
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - keep the error that brought us here
+                pass
+        raise
+    sink = attempt.sink
+    if isinstance(sink, _MemorySink):
+        return _Produced(rows=rows, data=sink.getvalue(), pieces=count)
+    return _Produced(rows=rows, sink=sink, pieces=count)
+
+
+def _strip_piece(table: Any, pipeline: Pipeline, chunk: Chunk, context: ChunkContext, piece: int) -> Any:
+    """:func:`strip_partitions` for one piece, its errors naming the piece."""
+    try:
+        return strip_partitions(table, pipeline.target, chunk, context.output)
+    except ChunkError as exc:
+        where = f"chunk {chunk.key}, piece {piece}" if piece else f"chunk {chunk.key}"
+        raise ChunkError(exc.expected, exc.got, exc.fix, where=where) from None
+
+
+class ChunkTimeout(Exception):
+    """A chunk ran past its time limit (``Pipeline(timeout_seconds=…)``)."""
+
+
+class ChunkStopped(Exception):
+    """The run was stopped while this chunk was computing; nothing was committed."""
+
+
+#: How often a chunk computing in a thread of its own checks for a stop request.
+STOP_POLL_SECONDS = 0.2
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _produce_watched(
+    pipeline: Pipeline, chunk: Chunk, context: ChunkContext, timeout: Optional[float],
+    should_stop: Optional[Callable[[], bool]], record: Optional[Mapping[str, Any]] = None,
+    attempt: Optional[_Attempt] = None,
+) -> _Produced:
+    """:func:`_produce` in a daemon thread, given up on past ``timeout`` seconds or once
+    ``should_stop()`` is true. A thread given up on is left running (Python cannot kill
+    it) but can commit nothing: the commit happens in the caller. A streamed chunk's sink
+    is aborted here when the thread is given up on (its temp file removed, its multipart
+    upload aborted), and the thread stops at its next piece.
+
+    Raises:
+        ChunkTimeout: Past the time limit.
+        ChunkStopped: On a stop request.
+    """
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = _produce(pipeline, chunk, context, record, attempt)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name=f"distetl-chunk-{chunk.key}", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    while True:
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        step = STOP_POLL_SECONDS if should_stop is not None else left
+        if left is not None and step is not None:
+            step = min(step, max(left, 0.0))
+        if done.wait(step):
+            break
+        if should_stop is not None and should_stop():
+            if attempt is not None:
+                attempt.give_up()
+            raise ChunkStopped(f"chunk {chunk.key} was stopped with its run; nothing was committed")
+        if timeout is not None and time.monotonic() - started >= timeout:
+            if attempt is not None:
+                attempt.give_up()
+            raise ChunkTimeout(
+                f"chunk {chunk.key} timed out after {timeout:g} s (its time limit); nothing was "
+                f"committed. Fix: raise the limit with Pipeline(timeout_seconds=...) or "
+                f"`distetl run --chunk-timeout SECONDS`, or make the chunk smaller"
+            )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def run_chunk(
+    pipeline: Pipeline,
+    chunk: Chunk,
+    path: str,
+    storage: Storage,
+    context: ChunkContext,
+    force: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
+    watch_stop: bool = False,
+    record: Optional[Mapping[str, Any]] = None,
+) -> ChunkResult:
+    """Run one chunk end to end and commit its file. Retries per the pipeline.
+
+    The commit is create-only on object stores that support it (a target another writer
+    committed meanwhile is reported as skipped), unless ``force`` replaces it.
+
+    With ``pipeline.timeout_seconds`` (or ``watch_stop``) the chunk computes in a
+    thread of its own, watched from here: past its limit it fails with a timeout (and
+    is retried like any failure); on a stop request (``should_stop()`` true) it ends as
+    not run. ``should_stop`` is also asked just before the commit, so a chunk of a
+    stopped run commits nothing after the stop.
+
+    Never raises for a failure of the chunk itself: the error goes into the result.
+    """
+    attempts = 0
+    timed_out = False
+    start = time.perf_counter()
+    wall = time.time()
+    timeout = pipeline.timeout_seconds
+    while True:
+        attempts += 1
+        # A streamed chunk writes to the target's temp file / multipart upload; the try
+        # that fails, times out or is stopped aborts it (nothing reaches the target).
+        attempt = _Attempt(lambda: storage.open_atomic(path, create_only=not force))
+        try:
+            if timeout is None and not watch_stop:
+                produced = _produce(pipeline, chunk, context, record, attempt)
+            else:
+                produced = _produce_watched(pipeline, chunk, context, timeout,
+                                            should_stop if watch_stop else None, record, attempt)
+            if should_stop is not None and should_stop():
+                raise ChunkStopped(f"chunk {chunk.key} was stopped with its run before its commit")
+            committed = produced.commit(storage, path, create_only=not force)
+            return ChunkResult(
+                key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED, stage=context.stage,
+                record=json.dumps(context.record, sort_keys=True, default=str)
+                if committed and context.record is not None else None,
+                rows=produced.rows if committed else 0, bytes=produced.size if committed else 0,
+                seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
+                timed_out=timed_out, started=wall, ended=time.time(),
+            )
+        except ChunkStopped as exc:
+            return ChunkResult(
+                key=chunk.key, path=path, status=NOT_RUN, stage=context.stage, seconds=time.perf_counter() - start,
+                attempts=attempts, worker=_worker_name(), error=str(exc), timed_out=timed_out,
+                started=wall, ended=time.time(),
+            )
+        except Exception as exc:  # noqa: BLE001 - one chunk's failure is data, not a crash
+            timed_out = timed_out or isinstance(exc, ChunkTimeout)
+            if attempts <= pipeline.retries and not (should_stop is not None and should_stop()):
+                time.sleep(pipeline.retry_delay_seconds)
+                continue
+            return ChunkResult(
+                key=chunk.key, path=path, status=FAILED, stage=context.stage, seconds=time.perf_counter() - start,
+                attempts=attempts, worker=_worker_name(), error=f"{type(exc).__name__}: {exc}",
+                traceback=None if isinstance(exc, ChunkTimeout) else
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+                timed_out=timed_out, started=wall, ended=time.time(),
+            )
+        finally:
+            attempt.give_up()  # a no-op once committed
+
+
+def run_batch(
+    job: BatchJob,
+    report: Optional[Callable[[ChunkResult], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    watch_stop: bool = False,
+) -> list[ChunkResult]:
+    """Run a batch of chunks in order; report each result as it lands.
+
+    A chunk whose target exists when the batch reaches it is skipped unless ``force``:
+    a batch rerun after a lost worker therefore never recomputes a committed chunk.
+    Once ``should_stop()`` is true, the chunks not yet done end as not run (with
+    ``watch_stop``, the chunk computing then too: see :func:`run_chunk`).
+    """
+    storage = Storage.for_url(job.output, job.storage_options)
+    report = report or _default_reporter(job.topic)
+    stage = job.pipeline.stage(job.stage) if job.stage else job.pipeline
+    name = job.stage
+    results = []
+    for n, (chunk, path) in enumerate(job.chunks):
+        if should_stop is not None and should_stop():
+            result = ChunkResult(key=chunk.key, path=path, status=NOT_RUN, stage=name,
+                                 error="not started: the run was stopped")
+        elif not job.force and storage.exists(path):
+            result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, stage=name, worker=_worker_name())
+        else:
+            inputs = job.inputs[n] if job.inputs is not None else ()
+            context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options,
+                                   inputs=inputs, input_root=job.input_root, stage=name)
+            record = _chunk_record(job.record, chunk, inputs, storage) if job.record else None
+            result = run_chunk(stage, chunk, path, storage, context, force=job.force,
+                               should_stop=should_stop, watch_stop=watch_stop, record=record)
+        results.append(result)
+        report(result)
+    flush = getattr(report, "flush", None)
+    if flush is not None:
+        flush()
+    return results
+
+
+def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], storage: Storage) -> dict[str, Any]:
+    """A chunk's record before it runs: the stage's shared fields, the chunk's key and
+    its inputs' fingerprints (a source file's stamp from the plan's listing; each
+    upstream file's data version, read from its footer), and its data version."""
+    fingerprints: dict[str, Any] = {}
+    for url in inputs:
+        upstream = read_record(storage, url)
+        if upstream is not None:
+            fingerprints[upstream.key] = upstream.data_version
+        else:
+            fingerprints[url] = None
+    if "fingerprint" in chunk.fields:  # a file plan's chunk (of a root or a downstream stage)
+        fingerprints["source"] = chunk.fields["fingerprint"]
+    return {**base, "key": chunk.key, "inputs": fingerprints,
+            "data_version": data_version(base.get("version"), fingerprints)}
+
+
+_LOCAL_LISTENERS: dict[str, Callable[[ChunkResult], None]] = {}
+
+
+def _default_reporter(topic: str) -> Callable[[ChunkResult], None]:
+    """Per-chunk progress: a Dask worker event on a cluster, a callback in-process."""
+    listener = _LOCAL_LISTENERS.get(topic)
+    if listener is not None:
+        return listener
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return lambda result: None
+
+    return _WorkerEvents(worker, topic)
+
+
+class _WorkerEvents:
+    """Progress events of a batch on a Dask worker, aggregated: one event per
+    :data:`EVENT_INTERVAL` seconds (and one at the batch's end) carrying every chunk
+    that landed since, as ``{"chunks": [[stage, key, status, rows], ...]}``. A message
+    per chunk would cost the scheduler and the driver a message each."""
+
+    def __init__(self, worker: Any, topic: str):
+        self.worker = worker
+        self.topic = topic
+        self.pending: list[list[Any]] = []
+        self.last = time.monotonic()
+
+    def __call__(self, result: ChunkResult) -> None:
+        self.pending.append([result.stage, result.key, result.status, result.rows])
+        if time.monotonic() - self.last >= EVENT_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.worker.log_event(self.topic, {"chunks": self.pending})
+            self.pending = []
+        self.last = time.monotonic()
+
+
+#: Seconds between a worker's aggregated progress events for a batch.
+EVENT_INTERVAL = 0.25

@@ -1,0 +1,148 @@
+"""Loading a pipeline from a flow file, so its code can travel to workers that never saw it."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from types import ModuleType
+
+from dataclasses import dataclass
+
+from distetl.errors import ConfigError
+from distetl.model.pipeline import Pipeline
+
+__all__ = ["FlowSource", "load_pipeline", "loaded_sources", "sources_for", "ensure_modules"]
+
+
+@dataclass(frozen=True)
+class FlowSource:
+    """The source of a flow file loaded by path: shipped to workers that lack it."""
+
+    module: str
+    path: str
+    source: str
+
+
+_SOURCES: dict[str, FlowSource] = {}
+
+
+def loaded_sources() -> list[FlowSource]:
+    """Flow files loaded by path in this process."""
+    return list(_SOURCES.values())
+
+
+def sources_for(blob: bytes) -> list[FlowSource]:
+    """The flow files a pickled pipeline refers to (by module name), among those loaded.
+
+    Only these travel with its batches: another flow file loaded in the same process
+    (a notebook, a test session) is not shipped, so a broken one cannot fail this run.
+    """
+    import pickletools
+
+    names: set[str] = set()
+    try:
+        for _, arg, _ in pickletools.genops(blob):
+            if isinstance(arg, str) and arg in _SOURCES:
+                names.add(arg)
+    except Exception:  # noqa: BLE001 - unreadable pickle: ship every loaded flow file
+        return loaded_sources()
+    return [src for name, src in _SOURCES.items() if name in names]
+
+
+def ensure_modules(sources: list[FlowSource]) -> None:
+    """Make shipped flow modules importable in this (worker) process.
+
+    A module shipped earlier with other source (the flow file was edited between two
+    runs on a long-lived cluster) is executed again, so workers never run stale code.
+    A module this process loaded from the file itself is left alone.
+    """
+    for src in sources:
+        previous = sys.modules.get(src.module)
+        if previous is not None and getattr(previous, "__distetl_source__", src.source) == src.source:
+            continue
+        module = ModuleType(src.module)
+        module.__file__ = src.path
+        module.__distetl_source__ = src.source  # type: ignore[attr-defined]
+        sys.modules[src.module] = module
+        try:
+            exec(compile(src.source, src.path, "exec"), module.__dict__)
+        except BaseException:
+            if previous is not None:
+                sys.modules[src.module] = previous
+            else:
+                del sys.modules[src.module]
+            raise
+
+
+def _module_from_path(path: str) -> ModuleType:
+    full = os.path.abspath(path)
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(full))[0])
+    name = f"distetl_flow_{stem}"
+    shipped = sys.modules.get(name)
+    if shipped is not None and getattr(shipped, "__distetl_source__", None) is not None:
+        # On a worker: a flow file that loads a sibling flow file (a multi-stage flow
+        # reusing another's stage) finds the sibling already shipped with the batch.
+        return shipped
+    if not os.path.isfile(full):
+        raise ConfigError(
+            "a flow file (e.g. flows/nycflights.py) or module:attribute",
+            f"{path!r}, which does not exist",
+            "pass the path of a .py file that defines a distetl Pipeline",
+        )
+    spec = importlib.util.spec_from_file_location(name, full)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    directory = os.path.dirname(full)
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(directory)
+    with open(full, encoding="utf-8") as handle:
+        _SOURCES[name] = FlowSource(name, full, handle.read())
+    return module
+
+
+def load_pipeline(ref: str) -> Pipeline:
+    """Load the Pipeline a flow file (or ``package.module:attr``) defines.
+
+    A flow file's source is kept (:func:`loaded_sources`) and shipped with every task, so
+    Dask workers that never saw the file run it (:func:`ensure_modules`). Code the file
+    imports from elsewhere must be installed on the workers.
+
+    Raises:
+        ConfigError: If the file is missing or defines no (or several) pipelines.
+    """
+    attr = None
+    if ref.endswith(".py") or os.path.sep in ref or os.path.isfile(ref):
+        module = _module_from_path(ref)
+    else:
+        mod_name, _, attr = ref.partition(":")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ConfigError(
+                "an importable flow module or a .py path", f"{ref!r} ({exc})",
+                "pass a path like flows/nycflights.py",
+            ) from None
+    if attr:
+        found = getattr(module, attr, None)
+        candidates = {attr: found} if isinstance(found, Pipeline) else {}
+    elif isinstance(getattr(module, "pipeline", None), Pipeline):
+        candidates = {"pipeline": module.pipeline}
+    else:
+        candidates = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
+    if len(candidates) != 1:
+        raise ConfigError(
+            f"one distetl Pipeline in {ref} (named `pipeline`, or pick one with module:attr)",
+            f"{len(candidates)} ({', '.join(candidates) or 'none'})",
+            "define `pipeline = Pipeline(...)` at module level",
+        )
+    return next(iter(candidates.values()))

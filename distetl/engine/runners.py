@@ -1,0 +1,474 @@
+"""Where chunk tasks run: a local Dask cluster, a remote scheduler, or one thread.
+
+This module builds the Prefect task runner and checks, before anything is planned as
+running, that a remote cluster is usable: the scheduler answers as a Dask scheduler
+within the connect timeout, at least one worker is connected, every worker runs the
+driver's distetl and Python, and every worker can load the flow's code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from distetl.errors import ClusterError, ConfigError
+
+__all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "local_cluster", "probe_cluster"]
+
+SCHEDULER_ENV = "DISTETL_SCHEDULER"
+RUNNERS = ("local", "remote", "sequential", "cluster")
+
+_TLS_FIX = (
+    "for tls:// give the client its certificates through Dask's security configuration "
+    "(distributed.comm.tls.ca-file, .client.cert, .client.key in ~/.config/dask/*.yaml, or "
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE / __CLIENT__CERT / __CLIENT__KEY; see cluster/README.md)"
+)
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the pre-flight check learned about a remote cluster.
+
+    Attributes:
+        address: The scheduler address.
+        workers: Worker address → what the worker reported (``nthreads``, ``python``,
+            ``distetl``, ``host``).
+        dashboard: The scheduler's dashboard URL, if it serves one.
+    """
+
+    address: str
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dashboard: Optional[str] = None
+
+    @property
+    def threads(self) -> int:
+        """Worker threads in the cluster (at least 1)."""
+        return max(1, sum(int(w.get("nthreads") or 1) for w in self.workers.values()))
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Which runner a backfill uses.
+
+    Attributes:
+        kind: ``local`` (a LocalCluster, one process per worker, one thread each),
+            ``remote`` (an existing scheduler), ``cluster`` (a cluster the run starts
+            from ``cluster_class``: SLURM, Kubernetes, Coiled…), or ``sequential``
+            (Prefect's ``ThreadPoolTaskRunner(max_workers=1)``: the baseline).
+        workers: Worker processes for ``local``; defaults to the number of cores.
+        scheduler: ``tcp://host:port`` (or ``tls://host:port``) for ``remote``.
+        connect_timeout: Seconds to wait for a remote scheduler (TCP connect, Dask
+            handshake) and for its first worker.
+        performance_report: Write Dask's performance report of the run to this HTML
+            file (Dask runners only; see :mod:`distetl.engine.watch`).
+        cluster_class: ``MODULE.CLASS`` of the Dask cluster ``cluster`` starts.
+        cluster_options: Keyword arguments of that class (or, for ``local``, overrides
+            of distetl's ``LocalCluster`` settings).
+        adapt: ``cluster.adapt`` keyword arguments (``minimum``, ``maximum`` workers…)
+            for an adaptive ``local`` or ``cluster`` run; None for a fixed size.
+    """
+
+    kind: str = "local"
+    workers: int | None = None
+    scheduler: str | None = None
+    connect_timeout: float = 10.0
+    performance_report: str | None = None
+    cluster_class: str | None = None
+    cluster_options: dict[str, Any] = field(default_factory=dict)
+    adapt: dict[str, Any] | None = None
+
+    @classmethod
+    def from_options(
+        cls, runner: str | None, workers: int | None, scheduler: str | None, connect_timeout: float = 10.0,
+        performance_report: str | None = None, *, cluster_class: str | None = None,
+        cluster_options: Any = None, adapt: Any = None,
+    ) -> "RunnerSpec":
+        """Resolve command-line options and ``DISTETL_SCHEDULER`` into one spec.
+
+        A scheduler address (flag or environment) implies ``remote``; a cluster class
+        implies ``cluster``. ``cluster_options`` are ``KEY=VALUE`` strings (values parsed
+        as JSON where they parse) or a mapping; ``adapt`` is ``"min=N,max=M"`` or a
+        mapping.
+
+        Raises:
+            ConfigError: On conflicting or unknown options.
+        """
+        from distetl.ops.clusters import cluster_conflicts
+
+        env_scheduler = None if scheduler else os.environ.get(SCHEDULER_ENV) or None
+        scheduler = scheduler or env_scheduler
+        kind, workers, cluster_options, adapt = cluster_conflicts(
+            runner, workers, scheduler, env_scheduler is not None, cluster_class, cluster_options, adapt)
+        kind = kind or runner or ("remote" if scheduler else "local")
+        if kind not in RUNNERS:
+            raise ConfigError(f"--runner one of {', '.join(RUNNERS)}", repr(kind), "pass --runner local")
+        if kind == "remote" and not scheduler:
+            raise ConfigError(
+                "a scheduler address for --runner remote", "none",
+                f"pass --scheduler tcp://HOST:8786 or set {SCHEDULER_ENV}",
+            )
+        if scheduler and kind != "remote":
+            raise ConfigError(
+                f"no scheduler address with --runner {kind}", repr(scheduler),
+                f"drop --runner {kind} (the address implies remote) or unset {SCHEDULER_ENV}",
+            )
+        if workers is not None and workers < 1:
+            raise ConfigError("--workers 1 or more", str(workers), "pass e.g. --workers 2")
+        if workers is not None and kind != "local":
+            raise ConfigError(
+                f"--workers only with --runner local", f"--workers {workers} with {kind}",
+                "size a remote cluster where it is started (distetl cluster up --workers N)",
+            )
+        if not connect_timeout or connect_timeout <= 0:
+            raise ConfigError("--connect-timeout above 0 seconds", str(connect_timeout), "pass e.g. --connect-timeout 10")
+        if performance_report is not None:
+            from distetl.engine.watch import check_performance_report
+
+            performance_report = check_performance_report(performance_report, kind)
+        return cls(kind=kind, workers=workers, scheduler=scheduler, connect_timeout=connect_timeout,
+                   performance_report=performance_report, cluster_class=cluster_class,
+                   cluster_options=cluster_options, adapt=adapt)
+
+    @property
+    def n_workers(self) -> int:
+        if self.kind == "cluster":
+            return int(self.cluster_options.get("n_workers") or 0)
+        return self.workers or self.cluster_options.get("n_workers") or os.cpu_count() or 1
+
+    @property
+    def batch_threads(self) -> int:
+        """Worker threads a cluster this run starts will have at most (adapt maximum, or
+        its workers, times threads per worker): what batches are sized for."""
+        from distetl.ops.clusters import threads_per_worker
+
+        workers = self.adapt["maximum"] if self.adapt else self.n_workers
+        return max(1, workers * threads_per_worker(self.cluster_class, self.cluster_options))
+
+    @property
+    def address(self) -> Optional[str]:
+        """The scheduler address with its scheme (``tcp://`` when none was given)."""
+        if not self.scheduler:
+            return None
+        return self.scheduler if "://" in self.scheduler else f"tcp://{self.scheduler}"
+
+    def check(self, pipeline: Any = None) -> Optional[ClusterFacts]:
+        """Fail fast when a remote cluster cannot run the backfill.
+
+        Checks, each within ``connect_timeout``: the address is well formed; a TCP
+        connection opens; the listener answers as a Dask scheduler; at least one worker
+        is connected; every worker imports the driver's distetl version under the same
+        Python minor version; and, given a pipeline, every worker can load the flow's
+        code (the shipped flow file and everything it imports).
+
+        For a cluster the run starts (``cluster``, or ``local`` with options): the class
+        imports and accepts the options and ``adapt`` keys (:func:`distetl.ops.clusters.check_cluster`).
+
+        Args:
+            pipeline: The pipeline to check the workers can load (optional).
+
+        Returns:
+            What was learned about the cluster, or None for local runners.
+
+        Raises:
+            ClusterError: With the address, what went wrong and the fix.
+            ConfigError: A cluster class that does not import or rejects an option.
+        """
+        if self.kind == "cluster" or (self.kind == "local" and (self.cluster_options or self.adapt)):
+            from distetl.ops.clusters import check_cluster
+
+            check_cluster(self.cluster_class, self.cluster_options, self.adapt)
+            return None
+        if self.kind != "remote":
+            return None
+        address = self.address or ""
+        parsed = urlparse(address)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme not in ("tcp", "tls") or not parsed.hostname or not port:
+            raise ClusterError(
+                "a scheduler address like tcp://HOST:8786", repr(self.scheduler),
+                f"pass --scheduler tcp://HOST:PORT or set {SCHEDULER_ENV} "
+                "(tls://HOST:PORT with Dask's TLS configuration)",
+            )
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=self.connect_timeout):
+                pass
+        except OSError as exc:
+            raise ClusterError(
+                f"a Dask scheduler listening at {address}",
+                f"{type(exc).__name__}: {exc or 'timed out'} (after at most {self.connect_timeout:g}s)",
+                "start one (`distetl cluster up`, or `dask scheduler` on that host) or fix --scheduler / "
+                f"{SCHEDULER_ENV}; check firewalls between here and the scheduler; raise --connect-timeout "
+                "for slow networks",
+            ) from None
+        return probe_cluster(address, self.connect_timeout, pipeline)
+
+    def task_runner(self) -> Any:
+        """The Prefect task runner for this spec."""
+        if self.kind == "sequential":
+            from prefect.task_runners import ThreadPoolTaskRunner
+
+            return ThreadPoolTaskRunner(max_workers=1)
+        from prefect_dask import DaskTaskRunner
+
+        if self.kind == "remote":
+            return DaskTaskRunner(
+                address=self.address,
+                client_kwargs={"timeout": f"{self.connect_timeout}s"},
+                performance_report_path=self.performance_report,
+            )
+        if self.kind == "cluster" or self.cluster_options or self.adapt:
+            from distetl.ops.clusters import cluster_runner
+
+            return cluster_runner(self, performance_report_path=self.performance_report)
+        return DaskTaskRunner(
+            cluster_class=local_cluster,
+            cluster_kwargs={
+                "n_workers": self.n_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": ":0",
+            },
+            performance_report_path=self.performance_report,
+        )
+
+    def describe(self) -> str:
+        if self.adapt:
+            return (f"{'local Dask cluster' if self.kind == 'local' else self.cluster_class}, adaptive "
+                    f"{self.adapt['minimum']}..{self.adapt['maximum']} worker(s)")
+        if self.kind == "cluster":
+            return f"{self.cluster_class}, {self.n_workers} worker(s)"
+        if self.kind == "local":
+            return f"local Dask cluster, {self.n_workers} worker process(es)"
+        if self.kind == "remote":
+            return f"remote Dask scheduler {self.address}"
+        return "sequential (one thread)"
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A ``distributed.LocalCluster`` whose worker processes ignore the terminal's Ctrl-C.
+
+    Ctrl-C signals the terminal's whole process group; worker processes would each die
+    of it with a traceback while the driver is still stopping the run cleanly (see
+    :mod:`distetl.engine.stopping`), and the driver closes them itself. SIGINT is ignored in the
+    driver while the cluster spawns its processes, which inherit that disposition (a
+    signal mask is not inherited through the spawn); the driver's handler is restored
+    right after, so a Ctrl-C during the cluster's start-up (a second or two) is lost.
+
+    Its workers carry :class:`~distetl.engine.quietclose.QuietClose`: the cluster's close prints
+    no heartbeat traceback (a user's own ``plugins`` are kept beside it).
+    """
+    import signal
+
+    from distributed import LocalCluster
+
+    from distetl.engine.quietclose import QuietClose
+
+    kwargs = {**kwargs, "plugins": [*kwargs.get("plugins", ()), QuietClose()]}
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return LocalCluster(**kwargs)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+# -- the pre-flight check of a remote cluster ---------------------------------------------
+
+# Runs on each worker. Built from source so cloudpickle ships it by value: it must run
+# (and say so) on a worker where distetl is missing or broken.
+_WORKER_FACTS_SOURCE = '''
+def worker_facts():
+    import os, socket, sys
+    facts = {"python": "%d.%d.%d" % sys.version_info[:3], "host": socket.gethostname(),
+             "pid": os.getpid(), "executable": sys.executable}
+    try:
+        import distetl
+        facts["distetl"] = str(getattr(distetl, "__version__", "unknown"))
+        facts["distetl_path"] = os.path.dirname(getattr(distetl, "__file__", "") or "")
+    except BaseException as exc:
+        facts["distetl"] = None
+        facts["distetl_error"] = "%s: %s" % (type(exc).__name__, exc)
+    return facts
+'''
+
+
+def _worker_facts_function() -> Any:
+    namespace: dict[str, Any] = {"__name__": "distetl_worker_probe"}
+    exec(compile(_WORKER_FACTS_SOURCE, "<distetl worker probe>", "exec"), namespace)
+    return namespace["worker_facts"]
+
+
+def load_flow_on_worker(sources: list[Any], blob: bytes) -> Optional[str]:
+    """Load the flow's shipped files and unpickle its pipeline, as a batch would.
+
+    Runs on a worker. Returns None, or the error (with the module it was loading).
+    """
+    import traceback
+
+    import cloudpickle
+
+    from distetl.engine.loader import ensure_modules
+
+    try:
+        ensure_modules(sources)
+    except BaseException as exc:  # noqa: BLE001 - reported to the driver
+        where = ", ".join(s.path for s in sources) or "the flow file"
+        frames = traceback.extract_tb(exc.__traceback__)
+        line = next((f"{f.filename}:{f.lineno}" for f in reversed(frames) if f.filename in
+                     {s.path for s in sources}), where)
+        return f"{type(exc).__name__}: {exc} (loading {line})"
+    try:
+        cloudpickle.loads(blob)
+    except BaseException as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc} (unpickling the pipeline)"
+    return None
+
+
+def _hint_for(error: str) -> str:
+    if "ModuleNotFoundError" in error or "ImportError" in error:
+        name = error.split("No module named", 1)[-1].strip(" '\"").split("'")[0] if "No module named" in error else ""
+        what = f"`{name}`" if name else "the missing package"
+        return (f"install {what} in the Python environment of every worker host (the same "
+                "environment that runs `dask worker`) and restart the workers; code the flow "
+                "file imports from beside it must be installed as a package on the workers")
+    return "fix the flow file (it fails when a worker loads it) or the worker's environment"
+
+
+def _identity(address: str, timeout: float) -> dict[str, Any]:
+    """Ask whatever listens at ``address`` who it is, in Dask's protocol, within
+    ``timeout`` (``distributed.Client`` can wait far longer on a listener that is not a
+    Dask scheduler). Uses Dask's security configuration for ``tls://``.
+
+    Raises:
+        TimeoutError, OSError: If no Dask answer comes in time.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def ask() -> dict[str, Any]:
+        args = Security().get_connection_args("client")
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **args), timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            answer = await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+        return answer if isinstance(answer, dict) else {}
+
+    return asyncio.run(ask())
+
+
+def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> ClusterFacts:
+    """Connect to a scheduler and check it can run distetl batches.
+
+    Args:
+        address: ``tcp://HOST:PORT`` or ``tls://HOST:PORT``.
+        timeout: Seconds for the Dask handshake and for the first worker to appear.
+        pipeline: If given, check every worker can load it (flow files included).
+
+    Raises:
+        ClusterError: On the first problem, naming the address (and worker) and the fix.
+    """
+    import cloudpickle
+    from distributed import Client
+
+    import distetl
+    from distetl.engine.loader import sources_for
+
+    try:
+        identity = _identity(address, timeout)
+        if identity.get("type") != "Scheduler":
+            kind = identity.get("type") or "something else"
+            raise ClusterError(
+                f"a Dask scheduler at {address}", f"a Dask {kind} (id {identity.get('id')})",
+                "pass the scheduler's address (what `dask scheduler` prints as 'Scheduler at'), "
+                "not a worker's or nanny's",
+            )
+        client = Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except ClusterError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every connection failure gets the same advice
+        text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if isinstance(exc, TimeoutError) and not str(exc):
+            text = f"no answer within {timeout:g}s"
+        elif not isinstance(exc, (OSError, TimeoutError)):
+            text = f"an answer that is not Dask's protocol ({text[:120]})"
+        tls = address.startswith("tls://") or "TLS" in text or "SSL" in text
+        raise ClusterError(
+            f"a Dask scheduler answering at {address} within {timeout:g}s",
+            f"{type(exc).__name__}: {text}" + (
+                "" if tls else " (something accepts connections there but did not answer as a Dask scheduler)"
+            ),
+            (_TLS_FIX if tls else
+             "point --scheduler (or DISTETL_SCHEDULER) at the address `dask scheduler` prints as "
+             "'Scheduler at' (port 8786 by default; 8787 is the dashboard, not the scheduler); "
+             "raise --connect-timeout for slow networks"),
+        ) from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except Exception:  # noqa: BLE001 - distributed raises TimeoutError here
+            raise ClusterError(
+                f"at least one Dask worker connected to {address}",
+                f"none within {timeout:g}s",
+                f"start workers (`dask worker {address}` on each worker host, or "
+                "`distetl cluster up`), or raise --connect-timeout while they start",
+            ) from None
+        facts = client.run(_worker_facts_function())
+        nthreads = client.nthreads()
+        info = client.scheduler_info()
+        mine = f"{distetl.__version__}"
+        here_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        for worker, f in sorted(facts.items()):
+            host = f.get("host", "?")
+            if f.get("distetl") is None:
+                raise ClusterError(
+                    f"distetl {mine} importable on every Dask worker",
+                    f"worker {worker} (host {host}, {f.get('executable')}) cannot import it: "
+                    f"{f.get('distetl_error')}",
+                    f"install distetl {mine} in the environment that runs `dask worker` on {host} "
+                    "(pip install distetl==VERSION, or pip install -e . from the same checkout) "
+                    "and restart the worker",
+                )
+            if f["distetl"] != mine:
+                raise ClusterError(
+                    f"distetl {mine} (the driver's version) on every Dask worker",
+                    f"distetl {f['distetl']} on worker {worker} (host {host}, {f.get('distetl_path')})",
+                    f"install distetl {mine} on {host} (the environment that runs `dask worker`) and "
+                    "restart the worker, or run the driver from the workers' version",
+                )
+            worker_py = ".".join(f["python"].split(".")[:2])
+            if worker_py != here_py:
+                raise ClusterError(
+                    f"Python {here_py} (the driver's) on every Dask worker",
+                    f"Python {f['python']} on worker {worker} (host {host})",
+                    "run the driver and the workers on the same Python minor version "
+                    "(pipelines travel pickled)",
+                )
+            f["nthreads"] = nthreads.get(worker, 1)
+        if pipeline is not None:
+            blob = cloudpickle.dumps(pipeline)
+            sources = sources_for(blob)
+            errors = client.run(load_flow_on_worker, sources, blob)
+            for worker, error in sorted(errors.items()):
+                if error:
+                    raise ClusterError(
+                        f"every Dask worker to load the flow {getattr(pipeline, 'name', '')!r} "
+                        "and everything it imports",
+                        f"worker {worker} (host {facts[worker].get('host', '?')}): {error}",
+                        _hint_for(error),
+                    )
+        dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
+        return ClusterFacts(address=address, workers=facts, dashboard=dashboard)

@@ -1,0 +1,46 @@
+"""Run a Prefect API server (uvicorn) that stops when the process that started it dies.
+
+``python -m distetl.ops.uvicorn_child uvicorn ARGS…``: ``ARGS`` go to uvicorn. The parent holds the
+write end of this process's stdin; when the parent exits -- even by SIGKILL -- stdin
+reads end-of-file and the server shuts down gracefully (SIGTERM to itself), so a killed
+driver does not leave its embedded Prefect server running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+__all__ = ["main"]
+
+#: Seconds a server may take to shut down after its parent died before it is ended.
+GRACE_SECONDS = 20.0
+
+
+def _watch_parent() -> None:
+    try:
+        while sys.stdin.buffer.read(1 << 16):
+            pass
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(GRACE_SECONDS)
+    os._exit(0)
+
+
+def main(argv: list[str]) -> None:
+    """Start the stdin watchdog, then run uvicorn with ``argv`` (after ``uvicorn``)."""
+    if argv and argv[0] == "uvicorn":
+        argv = argv[1:]
+    threading.Thread(target=_watch_parent, name="distetl-parent-watch", daemon=True).start()
+    import uvicorn.main
+
+    sys.argv = ["uvicorn", *argv]
+    uvicorn.main.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
