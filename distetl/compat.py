@@ -63,6 +63,8 @@ MOVED: dict[str, str] = {
 }
 _BY_NEW = {f"distetl.{new}": f"distetl.{old}" for old, new in MOVED.items()}
 _BY_NEW["distetl.state.results"] = "distetl.execute"  # ChunkResult and its statuses
+#: Modules that became packages of several modules.
+_SPLIT = ("distetl.storage", "distetl.model.mappings", "distetl.ops.serve")
 
 
 def stable_module(name: str) -> str:
@@ -71,9 +73,12 @@ def stable_module(name: str) -> str:
     Code versions hash references to library objects by module and name; using the old
     name keeps every committed chunk's code version as it was.
     """
-    if name.startswith("distetl.storage."):
-        return "distetl.storage"  # one module before the split by backend
-    return _BY_NEW.get(name, name)
+    if name in _BY_NEW:
+        return _BY_NEW[name]
+    for package in _SPLIT:  # a module split into a package counts as the old module
+        if name.startswith(package + "."):
+            return stable_module(package)
+    return name
 
 
 class _AliasLoader(importlib.abc.Loader):
