@@ -10,10 +10,10 @@ import distetl
 
 def test_exported_names():
     assert sorted(distetl.__all__) == sorted([
-        "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
+        "AllChunks", "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
         "ClusterError", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
-        "Identity", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "RunInterrupted",
-        "RunReport", "RunnerSpec", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
+        "Identity", "Input", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "RunInterrupted",
+        "RunReport", "RunnerSpec", "Source", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
         "status", "__version__",
     ])
     for name in distetl.__all__:

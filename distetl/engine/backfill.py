@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -13,12 +15,14 @@ from rich.console import Console
 
 from distetl.model import dates
 from distetl.model.chunks import Chunk
-from distetl.errors import ConfigError
+from distetl.model.inputs import fingerprint_key, source_key
+from distetl.errors import ConfigError, PlanError
 from distetl.engine.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.state.lease import RunLease, TakenOver, parse_time
 from distetl.state.leftovers import remove_leftovers
 from distetl.model.chunkseq import IndexSet
 from distetl.state.ledger import RunLedger
+from distetl.storage import Storage, _hide_userinfo as _hide
 from distetl.storage.listing import Listing
 from distetl.state.manifest import RunReport, now_iso
 from distetl.model.partitions import check_schema, dataset_root
@@ -173,6 +177,7 @@ def plan(
     params = dict(params or {})
     _check_params(pipeline, params)
     plans: dict[str, StagePlan] = {}
+    keys_of: dict[str, UpstreamKeys] = {}
     used: dict[str, Plan] = {}
     today = dates.current()  # once per plan: every stage resolves today-3d to the same day
     for name in names:
@@ -180,20 +185,17 @@ def plan(
         targets = Targets(stage.target, output, storage_options)
         if not plans:
             targets.storage.check_root(targets.output)
-        inputs = None
         if stage.plan is not None:
             accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
             used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
             chunks = used[name].chunks(storage_options)
         else:
-            chunks = stage.mapping.downstream_chunks(plans[stage.upstream].chunks)
-        if stage.upstream is not None:
-            upstream = plans[stage.upstream]
-            inputs = resolve_inputs(stage.mapping, chunks, UpstreamKeys.from_chunks(upstream.chunks),
-                                    stage.name, upstream.name)
+            chunks = _derived_chunks(stage, plans)
+        inputs = _resolve_links(stage, chunks, plans, keys_of)
         paths, committed = targets.plan(chunks)
         check_schema(targets.template, stage.schema, chunks, paths, targets.output)
-        plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets)
+        plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets,
+                                sources=_source_stamps(stage, storage_options))
     ordered = list(plans.values())
     check_distinct_paths(ordered)
     planned = PlannedRun(pipeline, ordered, {}, ordered[0].targets.output, used_plans=used)
@@ -202,6 +204,67 @@ def plan(
     planned.need = decide(ordered, force, extra)
     planned.seconds = time.perf_counter() - started
     return planned
+
+
+def _derived_chunks(stage: Any, plans: Mapping[str, StagePlan]) -> Any:
+    """The chunks of a stage without a plan: from its first input that gives chunks."""
+    last: Optional[ConfigError] = None
+    for item in stage.all_inputs:
+        if item.upstream == stage.name:
+            continue  # its own past cannot give it chunks
+        try:
+            return item.mapping.downstream_chunks(plans[item.upstream].chunks)
+        except ConfigError as exc:
+            last = exc
+    raise last or ConfigError("a plan for a stage that reads only its own past", "none",
+                              "give the stage plan=...", where=f"stage {stage.name}")
+
+
+def _resolve_links(stage: Any, chunks: Any, plans: Mapping[str, StagePlan],
+                   keys_of: dict[str, UpstreamKeys]) -> Optional[dict[str, list[list[int]]]]:
+    """Every chunk's upstream indexes, per input (None for a root stage)."""
+    if not stage.all_inputs:
+        return None
+    out: dict[str, list[list[int]]] = {}
+    for item in stage.all_inputs:
+        if item.upstream == stage.name:
+            upstream_chunks: Any = chunks
+            keys = UpstreamKeys.from_chunks(chunks)
+        else:
+            upstream_chunks = plans[item.upstream].chunks
+            keys = keys_of.get(item.upstream)
+            if keys is None:
+                keys = keys_of[item.upstream] = UpstreamKeys.from_chunks(upstream_chunks)
+        out[item.name] = resolve_inputs(item.mapping, chunks, keys, stage.name, item.upstream,
+                                        input_name=item.name if len(stage.all_inputs) > 1 else None)
+    return out
+
+
+def _source_stamps(stage: Any, storage_options: Optional[Mapping[str, Any]]) -> dict[str, tuple[str, list[str]]]:
+    """Each declared source's fingerprint (its listing stamp: no content read) and files.
+
+    Raises:
+        PlanError: For a source that does not exist (or a glob that matches nothing).
+    """
+    out: dict[str, tuple[str, list[str]]] = {}
+    for source in stage.all_sources:
+        storage = Storage.for_url(source.url, storage_options)
+        stamps = storage.glob_stamps(source.url)
+        if not stamps:
+            raise PlanError(
+                f"declared source {source.name!r} of stage {stage.name!r} to exist",
+                f"nothing at {_hide(source.url)}" + (" (the glob matched no file)" if source.is_glob else ""),
+                "fix the path in sources=..., or create the file before the run",
+                where=f"stage {stage.name}",
+            )
+        files = sorted(stamps)
+        if len(files) == 1 and not source.is_glob:
+            fingerprint = stamps[files[0]]
+        else:
+            digest = hashlib.sha256("\n".join(f"{f}={stamps[f]}" for f in files).encode()).hexdigest()[:16]
+            fingerprint = f"{len(files)} files:{digest}"
+        out[source.name] = (fingerprint, [storage.unstrip(f) for f in files])
+    return out
 
 
 def _find_stale(planned: PlannedRun) -> None:
@@ -412,20 +475,50 @@ def _execute(
     landed: dict[tuple[str, str], dict[str, Any]] = {}
     storage = planned.targets.storage
 
+    #: Data versions of the chunks committed by this run, for their readers' records
+    #: (only of stages something reads; dropped with the run).
+    fresh: dict[tuple[str, int], Optional[str]] = {}
+    read_stages = {item.upstream for p in planned.stages for item, _ in p.links}
+
+    def version_of(upstream: StagePlan, u: int) -> Any:
+        version = fresh.get((upstream.name, u))
+        if version is None and u in upstream.committed and (upstream.name, u) not in fresh:
+            record = planned.records[upstream.name].get(u)
+            version = record.data_version if record is not None else None
+        return version if version is not None else ["?", upstream.paths[u]]  # the worker reads the footer
+
     def make_job(plan: StagePlan, indexes: list[int]) -> BatchJob:
-        inputs = input_root = None
-        if plan.inputs is not None and plan.stage.upstream in plans:
-            upstream = plans[plan.stage.upstream]
-            inputs = [[upstream.paths[u] for u in plan.inputs[i]] for i in indexes]
-            input_root = dataset_root(upstream.stage.target, output)
-        elif plan.inputs is not None:
-            raise ConfigError(f"stage {plan.stage.upstream!r} planned with {plan.name!r}", "not selected",
-                              "report this: the stage selection lost an upstream stage")
+        inputs: Optional[list[dict[str, list[str]]]] = None
+        fingerprints: Optional[list[dict[str, Any]]] = None
+        roots: dict[str, str] = {}
+        sources = {name: stamp for name, (stamp, _) in plan.sources.items()}
+        links = plan.links
+        if links:
+            for item, _ in links:
+                if item.upstream not in plans:
+                    raise ConfigError(f"stage {item.upstream!r} planned with {plan.name!r}", "not selected",
+                                      "report this: the stage selection lost an upstream stage")
+                roots[item.name] = dataset_root(plans[item.upstream].stage.target, output)
+            inputs, fingerprints = [], []
+            for i in indexes:
+                by_name: dict[str, list[str]] = {}
+                sent: dict[str, Any] = {source_key(n): v for n, v in sources.items()}
+                for item, reads in links:
+                    upstream = plans[item.upstream]
+                    by_name[item.name] = [upstream.paths[u] for u in reads[i]]
+                    for u in reads[i]:
+                        sent[fingerprint_key(plan.stage, item.name, upstream.chunks[u].key)] = version_of(upstream, u)
+                inputs.append(by_name)
+                fingerprints.append(sent)
+        elif sources:
+            fingerprints = [{source_key(n): v for n, v in sources.items()} for _ in indexes]
         # A batch that redoes committed (stale or forced) chunks replaces their files.
         replace_files = force or any(i in plan.committed for i in indexes)
         return BatchJob(planned.pipeline, [(plan.chunks[i], plan.paths[i]) for i in indexes], output,
-                        storage_options, replace_files, stage=plan.name, inputs=inputs, input_root=input_root,
-                        record=records[plan.name])
+                        storage_options, replace_files, stage=plan.name, inputs=inputs,
+                        input_root=next(iter(roots.values()), None), record=records[plan.name],
+                        input_roots=roots, fingerprints=fingerprints,
+                        sources={name: files for name, (_, files) in plan.sources.items()})
 
     class _Source(Dispatcher):
         def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
@@ -435,6 +528,10 @@ def _execute(
                 event = landed.pop((job.stage, result.key), None)
                 results[n] = _reconcile(result, event, storage, job.force)
             super().done(job, results)
+
+        def landed(self, name: str, index: int, result: ChunkResult) -> None:
+            if name in read_stages and result.status == WRITTEN and result.record:
+                fresh[(name, index)] = json.loads(result.record).get("data_version")
 
     source = _Source(planned.stages, planned.need, make_job, workers, chunks_per_task)
     live = LiveProgress(console, planned.stage_counts(), enabled=show)

@@ -82,8 +82,12 @@ class Dispatcher:
             index = position[result.key]
             if result.status != NOT_RUN:
                 reported.add(index)
+            self.landed(name, index, result)
             # Not run (the run stopped): its readers are not blocked, just not run either.
             self.tracker.done(name, index, result.status in (WRITTEN, SKIPPED), block=result.status != NOT_RUN)
+
+    def landed(self, name: str, index: int, result: ChunkResult) -> None:
+        """Called for every result before the graph hears of it (a hook; does nothing)."""
 
     @property
     def blocked(self) -> dict[tuple[str, int], str]:

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pyarrow.parquet as pq
@@ -31,6 +31,27 @@ __all__ = ["ChunkContext", "ChunkResult", "ChunkStopped", "ChunkTimeout", "Batch
 from distetl.state.results import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult  # noqa: E402
 
 
+class InputFiles(list):
+    """A chunk's committed input files: every file (a list, in input order), and each
+    input's files by name (``ctx.inputs["orders"]``)."""
+
+    def __init__(self, by_name: Any = ()):
+        if isinstance(by_name, Mapping):
+            self.by_name: dict[str, list[str]] = {k: list(v) for k, v in by_name.items()}
+            super().__init__(path for paths in self.by_name.values() for path in paths)
+        else:
+            self.by_name = {}
+            super().__init__(by_name)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, str):
+            if item not in self.by_name:
+                raise ChunkError(f"an input name of this stage ({', '.join(self.by_name) or 'none'})", repr(item),
+                                 "use one of the names given in inputs=... (ctx.inputs.by_name lists them)")
+            return self.by_name[item]
+        return super().__getitem__(item)
+
+
 @dataclass
 class ChunkContext:
     """What a chunk's extract may use besides the chunk itself.
@@ -39,6 +60,12 @@ class ChunkContext:
         chunk: The chunk being run.
         output: The run's output root.
         storage_options: fsspec options of the run (credentials included; do not log).
+        inputs: The chunk's committed upstream files (:class:`InputFiles`: all of them as a
+            list, each input's with ``ctx.inputs["name"]``).
+        input_root: The first input's dataset root (for its partition columns).
+        stage: The stage's name.
+        input_roots: Each input's dataset root, by input name.
+        sources: Each declared source's files, by source name (listed at plan time).
     """
 
     chunk: Chunk
@@ -49,35 +76,60 @@ class ChunkContext:
     stage: str = ""
     #: The record written with the chunk's file (set when it is produced).
     record: Optional[dict[str, Any]] = field(default=None, repr=False)
+    input_roots: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
-    def read_inputs_table(self, columns: Optional[Sequence[str]] = None) -> Any:
-        """The chunk's committed upstream files as one Arrow table, partition columns
+    def _input(self, name: Optional[str]) -> tuple[list[str], Optional[str]]:
+        """The files and dataset root of input ``name`` (None: the only input)."""
+        by_name = getattr(self.inputs, "by_name", None) or {}
+        where = f"chunk {self.chunk.key}" + (f" of stage {self.stage}" if self.stage else "")
+        if name is None:
+            if len(by_name) > 1:
+                raise ChunkError(f"an input name: this stage has several ({', '.join(by_name)})", "none",
+                                 f"call ctx.read_inputs({next(iter(by_name))!r}) (one per input)", where=where)
+            name = next(iter(by_name), None)
+            files = list(self.inputs)
+        else:
+            if name not in by_name:
+                raise ChunkError(f"an input of this stage ({', '.join(by_name) or 'none'})", repr(name),
+                                 "use a name given in inputs=...", where=where)
+            files = by_name[name]
+        root = self.input_roots.get(name) if name is not None else None
+        return files, root or self.input_root
+
+    def read_inputs_table(self, name: Any = None, columns: Optional[Sequence[str]] = None) -> Any:
+        """One input's committed upstream files as one Arrow table, partition columns
         (``name=value`` directories of the upstream target) restored from the paths.
 
         Args:
+            name: The input's name (may be left out when the stage has one input).
             columns: Read only these columns (default: all).
         """
         import pyarrow.dataset as ds
 
-        if not self.inputs:
-            raise ChunkError(
-                "upstream input files for this chunk", "none",
-                "read inputs only in a downstream stage (one with upstream=...)",
-                where=f"chunk {self.chunk.key}",
-            )
-        storage = self.storage(self.inputs[0])
-        files = [storage.strip(p) for p in self.inputs]
+        if name is not None and not isinstance(name, str) and columns is None:
+            name, columns = None, list(name)  # read_inputs_table(["a", "b"]): columns, as before
+        files, root = self._input(name)
+        if not files:
+            if not self.inputs and not getattr(self.inputs, "by_name", None):
+                raise ChunkError(
+                    "upstream input files for this chunk", "none",
+                    "read inputs only in a downstream stage (one with upstream=... or inputs=...)",
+                    where=f"chunk {self.chunk.key}",
+                )
+        storage = self.storage(files[0] if files else self.output)
+        paths = [storage.strip(p) for p in files]
         options: dict[str, Any] = {"format": "parquet", "partitioning": "hive"}
-        if self.input_root:
-            options["partition_base_dir"] = storage.strip(self.input_root)
+        if root:
+            options["partition_base_dir"] = storage.strip(root)
         if not storage.is_local:
             options["filesystem"] = storage.fs
-        return ds.dataset(files, **options).to_table(columns=list(columns) if columns else None)
+        return ds.dataset(paths, **options).to_table(columns=list(columns) if columns else None)
 
-    def read_inputs(self, columns: Optional[Sequence[str]] = None) -> Any:
-        """The chunk's committed upstream files as one pandas DataFrame (see
+    def read_inputs(self, name: Any = None, columns: Optional[Sequence[str]] = None) -> Any:
+        """One input's committed upstream files as one pandas DataFrame (see
         :meth:`read_inputs_table`)."""
-        return self.read_inputs_table(columns).to_pandas()
+        return self.read_inputs_table(name, columns).to_pandas()
 
     def storage(self, url: str) -> Storage:
         """The storage for a source URL, with the run's storage options."""
@@ -104,8 +156,15 @@ class BatchJob:
         force: Recompute even when the target exists.
         topic: Progress topic name (Dask worker events) for this run.
         stage: The stage the chunks belong to (default: the pipeline's only stage).
-        inputs: For a downstream stage, each chunk's committed upstream paths.
+        inputs: For a downstream stage, each chunk's committed upstream paths: per chunk,
+            a dict input name → paths (a plain list: the only input's).
         input_root: The upstream stage's dataset root (for its partition columns).
+        input_roots: Each input's dataset root, by input name.
+        fingerprints: Per chunk, what its record keeps of its inputs (upstream data
+            versions, declared sources' stamps), sent by the driver, which has them in
+            the index: the worker opens each input file once, to read it. None: read
+            each input file's record from its footer.
+        sources: Each declared source's files, by name.
         record: What every chunk's record (its file's ``distetl.record`` metadata)
             shares: pipeline, stage, code version, run id, distetl version.
     """
@@ -117,9 +176,12 @@ class BatchJob:
     force: bool = False
     topic: str = ""
     stage: str = ""
-    inputs: Optional[Sequence[Sequence[str]]] = None
+    inputs: Optional[Sequence[Any]] = None
     input_root: Optional[str] = None
     record: Mapping[str, Any] = field(default_factory=dict)
+    input_roots: Mapping[str, str] = field(default_factory=dict)
+    fingerprints: Optional[Sequence[Mapping[str, Any]]] = None
+    sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def label(self) -> str:
         keys = [c.key for c, _ in self.chunks]
@@ -524,10 +586,12 @@ def run_batch(
         elif not job.force and storage.exists(path):
             result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, stage=name, worker=_worker_name())
         else:
-            inputs = job.inputs[n] if job.inputs is not None else ()
+            inputs = InputFiles(job.inputs[n] if job.inputs is not None else ())
             context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options,
-                                   inputs=inputs, input_root=job.input_root, stage=name)
-            record = _chunk_record(job.record, chunk, inputs, storage) if job.record else None
+                                   inputs=inputs, input_root=job.input_root, stage=name,
+                                   input_roots=job.input_roots, sources=job.sources)
+            sent = job.fingerprints[n] if job.fingerprints is not None else None
+            record = _chunk_record(job.record, chunk, inputs, storage, sent) if job.record else None
             result = run_chunk(stage, chunk, path, storage, context, force=job.force,
                                should_stop=should_stop, watch_stop=watch_stop, record=record)
         results.append(result)
@@ -538,17 +602,26 @@ def run_batch(
     return results
 
 
-def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], storage: Storage) -> dict[str, Any]:
+def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], storage: Storage,
+                  sent: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """A chunk's record before it runs: the stage's shared fields, the chunk's key and
     its inputs' fingerprints (a source file's stamp from the plan's listing; each
-    upstream file's data version, read from its footer), and its data version."""
+    upstream chunk's data version, sent by the driver, or read from the file's footer
+    when not sent), and its data version."""
     fingerprints: dict[str, Any] = {}
-    for url in inputs:
-        upstream = read_record(storage, url)
-        if upstream is not None:
-            fingerprints[upstream.key] = upstream.data_version
-        else:
-            fingerprints[url] = None
+    if sent is not None:
+        for key, value in sent.items():
+            if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == "?":
+                upstream = read_record(storage, value[1])  # not known to the driver: from the footer
+                value = upstream.data_version if upstream is not None else None
+            fingerprints[key] = value
+    else:
+        for url in inputs:
+            upstream = read_record(storage, url)
+            if upstream is not None:
+                fingerprints[upstream.key] = upstream.data_version
+            else:
+                fingerprints[url] = None
     if "fingerprint" in chunk.fields:  # a file plan's chunk (of a root or a downstream stage)
         fingerprints["source"] = chunk.fields["fingerprint"]
     return {**base, "key": chunk.key, "inputs": fingerprints,

@@ -48,39 +48,49 @@ class StageGraph:
                 )
             self.by_name[stage.name] = stage
         for stage in stages:
-            if stage.upstream is not None and stage.upstream not in self.by_name:
-                raise ConfigError(
-                    f"an upstream stage of this pipeline ({', '.join(self.by_name)})",
-                    repr(stage.upstream), "name an existing stage in upstream=... (or add that stage)",
-                    where=f"stage {stage.name}",
-                )
+            for item in stage.all_inputs:
+                if item.upstream not in self.by_name:
+                    raise ConfigError(
+                        f"an upstream stage of this pipeline ({', '.join(self.by_name)})",
+                        repr(item.upstream),
+                        "name an existing stage in upstream=... or the input (or add that stage)",
+                        where=f"stage {stage.name}, input {item.name}",
+                    )
         self.dependants: dict[str, list[str]] = defaultdict(list)
         for stage in stages:
-            if stage.upstream is not None:
-                self.dependants[stage.upstream].append(stage.name)
+            for up in self.upstreams_of(stage):
+                self.dependants[up].append(stage.name)
         self.order: list[Any] = self._sorted(stages)
 
+    @staticmethod
+    def upstreams_of(stage: Any) -> list[str]:
+        """The other stages a stage reads (its own past is no dependency on another stage)."""
+        return [up for up in stage.upstreams if up != stage.name]
+
     def _sorted(self, stages: Sequence[Any]) -> list[Any]:
+        """Upstream first, in declaration order where free; a cycle is a plan-time error."""
         order: list[Any] = []
         state: dict[str, int] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = path[path.index(name):] + [name]
+                raise ConfigError(
+                    "stages without a cycle (each stage reads earlier ones)",
+                    "the cycle " + " -> ".join(cycle) + " (each reads the next)",
+                    "make one of these stages a root stage with its own plan, or drop one input",
+                    where=f"stage {name}",
+                )
+            state[name] = 1
+            for up in self.upstreams_of(self.by_name[name]):
+                visit(up, path + [name])
+            state[name] = 2
+            order.append(self.by_name[name])
+
         for stage in stages:
-            path: list[str] = []
-            name: Optional[str] = stage.name
-            while name is not None and state.get(name) != 2:
-                if state.get(name) == 1:
-                    cycle = path[path.index(name):] + [name]
-                    raise ConfigError(
-                        "stages without a cycle (each stage reads an earlier one)",
-                        "the cycle " + " -> ".join(reversed(cycle)),
-                        "make one of these stages a root stage with its own plan",
-                        where=f"stage {name}",
-                    )
-                state[name] = 1
-                path.append(name)
-                name = self.by_name[name].upstream
-            for done in reversed(path):
-                state[done] = 2
-                order.append(self.by_name[done])
+            visit(stage.name, [])
         return order
 
     @property
@@ -101,9 +111,12 @@ class StageGraph:
                     f"a stage of this pipeline ({', '.join(self.names)})", repr(name),
                     "pass --stage with one of those names",
                 )
-            while name is not None and name not in wanted:
-                wanted.add(name)
-                name = self.by_name[name].upstream
+            stack = [name]
+            while stack:
+                name = stack.pop()
+                if name not in wanted:
+                    wanted.add(name)
+                    stack.extend(self.upstreams_of(self.by_name[name]))
         return [n for n in self.names if n in wanted]
 
 
@@ -116,20 +129,41 @@ class StagePlan:
         chunks: Its chunks, in order.
         paths: Each chunk's target path.
         committed: Indexes of the chunks whose target exists.
-        inputs: For a downstream stage, each chunk's upstream chunk indexes.
+        inputs: For a downstream stage, each chunk's upstream chunk indexes per input: a
+            dict input name → one list per chunk (a plain list: the only input's).
         targets: The stage's :class:`~distetl.model.targets.Targets` (storage, output root).
+        sources: Each declared source's fingerprint and files, listed at plan time.
     """
 
     stage: Any
     chunks: list[Any]
     paths: list[str]
     committed: set[int] = field(default_factory=set)
-    inputs: Optional[list[list[int]]] = None
+    inputs: Optional[Any] = None
     targets: Any = None
+    #: Declared source name → (fingerprint, files), listed at plan time.
+    sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.stage.name
+
+    @property
+    def links(self) -> list[tuple[Any, list[list[int]]]]:
+        """Each input of the stage (:class:`~distetl.model.inputs.Input`) with every chunk's
+        upstream indexes through it."""
+        if self.inputs is None:
+            return []
+        if isinstance(self.inputs, dict):
+            return [(item, self.inputs[item.name]) for item in self.stage.all_inputs if item.name in self.inputs]
+        return [(self.stage.all_inputs[0], self.inputs)]
+
+    def reads(self, i: int) -> list[tuple[str, int]]:
+        """Every (upstream stage, upstream index) chunk ``i`` reads, over all inputs."""
+        out: list[tuple[str, int]] = []
+        for item, indexes in self.links:
+            out.extend((item.upstream, u) for u in indexes[i])
+        return out
 
     def index_of(self, key: str) -> int:
         """A chunk's index from its key."""
@@ -159,20 +193,20 @@ def decide(plans: Sequence[StagePlan], force: bool = False,
     if extra:
         extra = _downstream_closure(plans, extra)
     by_name = {p.name: p for p in plans}
-    readers: dict[str, list[StagePlan]] = defaultdict(list)
+    readers: dict[str, list[tuple[StagePlan, list[list[int]]]]] = defaultdict(list)
     for p in plans:
-        if p.stage.upstream is not None and p.stage.upstream in by_name:
-            readers[p.stage.upstream].append(p)
+        for item, indexes in p.links:
+            if item.upstream in by_name and item.upstream != p.name:
+                readers[item.upstream].append((p, indexes))
     need: dict[str, list[int]] = {}
     for p in reversed(plans):
         if not readers[p.name] or not p.stage.is_root:
             wanted: Iterable[int] = range(len(p.chunks))
         else:
             needed: set[int] = set()
-            for reader in readers[p.name]:
-                assert reader.inputs is not None
+            for reader, indexes in readers[p.name]:
                 for j in need[reader.name]:
-                    needed.update(reader.inputs[j])
+                    needed.update(indexes[j])
             wanted = sorted(needed)
         need[p.name] = list(wanted) if force else [i for i in wanted if i not in p.committed]
         if extra and extra.get(p.name):
@@ -183,14 +217,35 @@ def decide(plans: Sequence[StagePlan], force: bool = False,
 def _downstream_closure(plans: Sequence[StagePlan], seeds: dict[str, set[int]]) -> dict[str, set[int]]:
     """``seeds`` plus every selected chunk that reads one of them, transitively."""
     out = {name: set(v) for name, v in seeds.items()}
-    for p in plans:
-        up = p.stage.upstream
-        if up is None or not out.get(up) or p.inputs is None:
-            continue
-        hit = out[up]
+    for p in plans:  # upstream first: one pass covers other stages
         mine = out.setdefault(p.name, set())
-        mine.update(j for j, inputs in enumerate(p.inputs) if any(u in hit for u in inputs))
+        own = []
+        for item, indexes in p.links:
+            if item.upstream == p.name:
+                own.append(indexes)  # its own past: below, once the rest is known
+                continue
+            hit = out.get(item.upstream)
+            if hit:
+                mine.update(j for j, reads in enumerate(indexes) if any(u in hit for u in reads))
+        if own and mine:
+            _close_over_self(mine, own)
     return out
+
+
+def _close_over_self(mine: set[int], own: list[list[list[int]]]) -> None:
+    """Add every chunk that reads (through the stage's own past) a chunk in ``mine``,
+    transitively: a redone day makes every later day of its chain run."""
+    readers: dict[int, list[int]] = defaultdict(list)
+    for indexes in own:
+        for j, reads in enumerate(indexes):
+            for u in reads:
+                readers[u].append(j)
+    stack = list(mine)
+    while stack:
+        for j in readers.get(stack.pop(), ()):
+            if j not in mine:
+                mine.add(j)
+                stack.append(j)
 
 
 class ReadyTracker:
@@ -214,20 +269,21 @@ class ReadyTracker:
         #: (stage, index) → the failed input (``stage:key``) that blocks it.
         self.blocked: dict[tuple[str, int], str] = {}
         self.outstanding = sum(len(v) for v in need.values())
+        running = {n: set(v) for n, v in need.items() if n in self.plans}
         for name in self.order:
             plan = self.plans[name]
-            up = plan.stage.upstream
-            running_up = set(need.get(up, ())) if up in self.plans else set()
+            links = [(item.upstream, indexes) for item, indexes in plan.links if running.get(item.upstream)]
             for i in need[name]:
-                pending = 0
-                if running_up:
-                    assert plan.inputs is not None
-                    for u in plan.inputs[i]:
-                        if u in running_up:
-                            pending += 1
-                            self.readers[(up, u)].append((name, i))
+                pending: set[tuple[str, int]] = set()
+                for up, indexes in links:
+                    running_up = running[up]
+                    for u in indexes[i]:
+                        if u in running_up and (up, u) != (name, i):
+                            pending.add((up, u))
+                for key in pending:
+                    self.readers[key].append((name, i))
                 if pending:
-                    self.waiting[(name, i)] = pending
+                    self.waiting[(name, i)] = len(pending)
                 else:
                     self.ready[name].append(i)
 

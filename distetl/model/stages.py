@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import pyarrow as pa
 
 from distetl.errors import ConfigError
+from distetl.model.inputs import Input, Source, normalise_inputs, normalise_sources
 from distetl.model.mappings import Identity, Mapping
 from distetl.model.plans import Plan
 from distetl.model.templates import TargetTemplate
@@ -27,7 +28,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def read_inputs(chunk: Any, ctx: Any) -> Any:
-    """The default extract of a downstream stage: its inputs as one DataFrame."""
+    """The default extract of a one-input downstream stage: its input as one DataFrame."""
     return ctx.read_inputs()
 
 
@@ -55,14 +56,24 @@ class Stage:
             stage. For a downstream stage it defaults to reading the chunk's inputs as
             one DataFrame (:func:`read_inputs`).
         transform: Optional ``transform(df)`` or ``transform(df, chunk)``.
-        upstream: The stage this one reads (its name, or the Stage itself).
-        mapping: Downstream chunk → upstream chunks (default :class:`Identity`).
+        upstream: The stage this one reads (its name, or the Stage itself): the one-input
+            form of ``inputs``.
+        mapping: Downstream chunk → upstream chunks (default :class:`Identity`), with
+            ``upstream``.
         schema: Optional pyarrow schema every output is cast to.
         retries: Times a failing chunk is retried before it counts as failed.
         retry_delay_seconds: Pause between tries.
         timeout_seconds: Time limit of one try of one chunk (None: no limit).
         compression: Parquet compression codec.
         version: The stage's code version; derived from its code when None.
+        inputs: Several inputs, each an upstream stage and a mapping
+            (:class:`~distetl.model.inputs.Input`): a dict ``{name: Input | Stage | name}``
+            or a list. The first input that gives chunks decides the stage's chunks when
+            it has no plan; the extract reads each with ``ctx.read_inputs(name)``.
+        sources: Files, URLs or globs the stage reads besides its chunks
+            (``{"rates": "s3://bucket/rates.csv"}``), fingerprinted by their listing stamp:
+            replacing one makes the stage's chunks stale (``input``). A file read without
+            being declared here is invisible to distetl.
     """
 
     name: str
@@ -79,6 +90,8 @@ class Stage:
     compression: str = "snappy"
     version: Optional[str] = None
     description: str = field(default="", compare=False)
+    inputs: Any = field(default=(), metadata={"distetl_added": True})
+    sources: Any = field(default=(), metadata={"distetl_added": True})
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"
@@ -92,7 +105,20 @@ class Stage:
         if self.upstream is not None and not isinstance(self.upstream, str):
             raise ConfigError("an upstream stage (its name or the Stage)", repr(self.upstream),
                               "pass upstream='flights' or upstream=flights_stage", where=where)
-        if self.upstream is None:
+        if self.upstream is not None and self.mapping is None:
+            object.__setattr__(self, "mapping", Identity())
+        if self.upstream is not None and not isinstance(self.mapping, Mapping):
+            raise ConfigError(
+                "a distetl mapping (Identity, AllChunks, CalendarWindow, WindowDays, TrailingDays, AllToOne, "
+                "FromFunction)", repr(self.mapping), "pass mapping=CalendarWindow('month') or similar",
+                where=where,
+            )
+        if self.upstream is None and self.mapping is not None and not self.inputs:
+            raise ConfigError("a mapping only with an upstream stage", repr(self.mapping),
+                              "add upstream=... or drop the mapping", where=where)
+        object.__setattr__(self, "_inputs", normalise_inputs(self.name, self.inputs, self.upstream, self.mapping))
+        object.__setattr__(self, "_sources", normalise_sources(self.name, self.sources))
+        if not self._inputs:
             if self.plan is None or self.extract is None:
                 raise ConfigError(
                     "a plan and an extract for a root stage (or an upstream stage)",
@@ -101,20 +127,15 @@ class Stage:
                     "give the stage plan=... and extract=..., or upstream=... with a mapping",
                     where=where,
                 )
-            if self.mapping is not None:
-                raise ConfigError("a mapping only with an upstream stage", repr(self.mapping),
-                                  "add upstream=... or drop the mapping", where=where)
-        else:
-            if self.mapping is None:
-                object.__setattr__(self, "mapping", Identity())
-            if not isinstance(self.mapping, Mapping):
+        elif self.extract is None:
+            if len(self._inputs) > 1:
                 raise ConfigError(
-                    "a distetl mapping (Identity, CalendarWindow, WindowDays, TrailingDays, AllToOne, "
-                    "FromFunction)", repr(self.mapping), "pass mapping=CalendarWindow('month') or similar",
+                    "an extract(chunk, ctx) for a stage with several inputs",
+                    f"no extract, inputs {[i.name for i in self._inputs]}",
+                    f"write an extract that reads and joins them, e.g. ctx.read_inputs({self._inputs[0].name!r})",
                     where=where,
                 )
-            if self.extract is None:
-                object.__setattr__(self, "extract", read_inputs)
+            object.__setattr__(self, "extract", read_inputs)
         if self.plan is not None and not isinstance(self.plan, Plan):
             raise ConfigError(
                 "a distetl plan (DateRange, FileList, IdRange, ChunkList)",
@@ -151,10 +172,44 @@ class Stage:
             "target": self.target, "schema": str(self.schema), "compression": self.compression})
 
     @property
+    def all_inputs(self) -> tuple[Input, ...]:
+        """Every input of the stage, named (the one-input form gives one)."""
+        return self._inputs  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def all_sources(self) -> tuple[Source, ...]:
+        """Every declared source of the stage, named."""
+        return self._sources  # type: ignore[attr-defined,no-any-return]
+
+    def input(self, name: str) -> Input:
+        """The input called ``name``.
+
+        Raises:
+            ConfigError: For a name the stage has no input under.
+        """
+        for item in self.all_inputs:
+            if item.name == name:
+                return item
+        raise ConfigError(f"an input of stage {self.name!r} ({', '.join(i.name for i in self.all_inputs) or 'none'})",
+                          repr(name), "use one of the listed names")
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The distinct upstream stages this stage reads, in input order."""
+        out: list[str] = []
+        for item in self.all_inputs:
+            if item.upstream not in out:
+                out.append(item.upstream)
+        return out
+
+    @property
     def is_root(self) -> bool:
-        """Whether the stage has no upstream stage."""
-        return self.upstream is None
+        """Whether the stage reads no upstream stage."""
+        return not self.all_inputs
 
     def with_options(self, **changes: Any) -> "Stage":
-        """A copy with some attributes replaced."""
+        """A copy with some attributes replaced (new ``inputs`` replace the one-input form)."""
+        if "inputs" in changes and "upstream" not in changes:
+            changes.setdefault("upstream", None)
+            changes.setdefault("mapping", None)
         return replace(self, **changes)

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
+from distetl.model.inputs import fingerprint_key, source_key
 from distetl.state.records import ChunkRecord
 
 __all__ = ["Acceptance", "StaleChunk", "classify", "CAUSES"]
@@ -93,14 +94,13 @@ def classify(
     for plan in plans:
         name = plan.name
         current = versions.get(name)
-        upstream = by_name.get(plan.stage.upstream) if plan.stage.upstream else None
         mine = None
-        if upstream is None and current is not None:
+        if not plan.links and not plan.sources and current is not None:
             mine = _root_stale(plan, records[name], current, accepted)
         if mine is None:
             mine = {}
             for i, record in records[name].items():
-                why = _why(plan, i, plan.chunks[i], record, current, accepted, upstream, records, stale)
+                why = _why(plan, i, plan.chunks[i], record, current, accepted, by_name, records, stale, mine)
                 if why is not None:
                     mine[i] = why
         stale[name] = mine
@@ -173,7 +173,7 @@ def _root_stale(plan: Any, records: Any, current: str, accepted: Acceptance) -> 
         suspect = records.covered_inputs() != _source_input_hashes(chunks, records.committed)
         suspects = [p for p in np.flatnonzero(suspect).tolist() if int(records.committed[p]) not in out]
         for i, record in records.records_at(suspects):
-            why = _why(plan, i, chunks[i], record, current, accepted, None, {}, {})
+            why = _why(plan, i, chunks[i], record, current, accepted, {}, {}, {}, out)
             if why is not None:
                 out[i] = why
     return out
@@ -202,8 +202,10 @@ _PLAIN = re.compile(r"[ !#-\[\]-~]*")
 
 
 def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: Optional[str],
-         accepted: Acceptance, upstream: Any, records: Mapping[str, Mapping[int, Optional[ChunkRecord]]],
-         stale: Mapping[str, Mapping[int, StaleChunk]]) -> Optional[StaleChunk]:
+         accepted: Acceptance, by_name: Mapping[str, Any], records: Mapping[str, Mapping[int, Optional[ChunkRecord]]],
+         stale: Mapping[str, Mapping[int, StaleChunk]], mine: Mapping[int, StaleChunk]) -> Optional[StaleChunk]:
+    """Why chunk ``i`` of ``plan`` is stale, or None. ``mine`` holds this stage's stale
+    chunks found so far (in chunk order): a chunk reading its own stage's past sees them."""
     name = plan.name
     if record is None:
         return StaleChunk("record", f"{plan.paths[i]} has no distetl record (written by another tool or an "
@@ -215,30 +217,49 @@ def _why(plan: Any, i: int, chunk: Any, record: Optional[ChunkRecord], current: 
     if now is not None and record.inputs.get("source") != now:
         return StaleChunk("input", f"source {chunk.fields.get('path', chunk.key)} changed: recorded "
                                    f"{_stamp(record.inputs.get('source'))}, now {_stamp(now)}")
-    if upstream is None:
+    for source, (fingerprint, files) in plan.sources.items():
+        was = record.inputs.get(source_key(source))
+        if was != fingerprint:
+            where = files[0] if len(files) == 1 else f"{len(files)} files"
+            return StaleChunk("input", f"declared source {source!r} ({where}) changed: recorded "
+                                       f"{_stamp(was)}, now {_stamp(fingerprint)}")
+    links = plan.links
+    if not links:
         return None
-    recorded = {k: v for k, v in record.inputs.items() if k != "source"}
+    recorded = {k: v for k, v in record.inputs.items() if k != "source" and not k.startswith("@")}
     expected: dict[str, Any] = {}
-    for u in plan.inputs[i]:
-        ukey = upstream.chunks[u].key
-        if u in stale.get(upstream.name, {}):
-            return StaleChunk("upstream", f"input {upstream.name}:{ukey} is stale "
-                                          f"({stale[upstream.name][u].cause}), so this chunk will be redone after it")
-        if u in upstream.committed:
-            up = records.get(upstream.name, {}).get(u)
-            expected[ukey] = up.data_version if up is not None else None
-        else:
-            expected[ukey] = recorded.get(ukey)  # deleted raw data: the record says what it was
+    for item, indexes in links:
+        own = item.upstream == name
+        upstream = plan if own else by_name.get(item.upstream)
+        if upstream is None:
+            continue
+        for u in indexes[i]:
+            ukey = upstream.chunks[u].key
+            fkey = fingerprint_key(plan.stage, item.name, ukey)
+            seen = mine if own else stale.get(upstream.name, {})
+            if u in seen:
+                label = f"{upstream.name}:{ukey}" if len(links) == 1 else f"{item.name} ({upstream.name}:{ukey})"
+                return StaleChunk("upstream", f"input {label} is stale "
+                                              f"({seen[u].cause}), so this chunk will be redone after it")
+            if u in upstream.committed:
+                up = records.get(upstream.name, {}).get(u)
+                expected[fkey] = up.data_version if up is not None else None
+            else:
+                expected[fkey] = recorded.get(fkey)  # deleted raw data: the record says what it was
     if set(expected) != set(recorded):
         added = sorted(set(expected) - set(recorded))
         removed = sorted(set(recorded) - set(expected))
         return StaleChunk("upstream", "its inputs changed: " + "; ".join(
             part for part in (f"added {', '.join(added[:5])}" if added else "",
                               f"removed {', '.join(removed[:5])}" if removed else "") if part))
-    for ukey, version in expected.items():
-        if recorded.get(ukey) != version:
-            return StaleChunk("upstream", f"input {upstream.name}:{ukey} was redone: data version "
-                                          f"{recorded.get(ukey)} recorded, {version} now")
+    for fkey, version in expected.items():
+        if recorded.get(fkey) != version:
+            label = f"{links[0][0].upstream}:{fkey}"
+            if len(links) > 1:
+                input_name, _, ukey = fkey.partition(":")
+                label = f"{input_name} ({plan.stage.input(input_name).upstream}:{ukey})"
+            return StaleChunk("upstream", f"input {label} was redone: data version "
+                                          f"{recorded.get(fkey)} recorded, {version} now")
     return None
 
 

@@ -24,11 +24,12 @@ This module is plain Python: it imports no Prefect, Dask, pandas or pyarrow.
 """
 
 from distetl.model.mappings.base import UpstreamKeys, Mapping
-from distetl.model.mappings.basic import AllToOne, FromFunction, Identity
+from distetl.model.mappings.basic import AllChunks, AllToOne, FromFunction, Identity
 from distetl.model.mappings.calendar import CalendarWindow, TrailingDays, WindowDays
 from distetl.model.mappings.resolve import resolve_inputs
 
 __all__ = [
+    "AllChunks",
     "AllToOne",
     "CalendarWindow",
     "FromFunction",

@@ -1,4 +1,4 @@
-"""Mappings with no calendar: Identity, AllToOne, FromFunction."""
+"""Mappings with no calendar: Identity, AllToOne, AllChunks, FromFunction."""
 
 from __future__ import annotations
 
@@ -164,3 +164,43 @@ class FromFunction(Mapping):
 
 # ---------------------------------------------------------------------------
 # Resolution
+
+
+@dataclass(frozen=True)
+class AllChunks(Mapping):
+    """Every chunk reads every upstream chunk: a dimension table, a lookup, a model file.
+
+    The reverse of :class:`AllToOne`: the upstream stage is typically a one-chunk stage
+    (``nation``, ``rates``) that every chunk of a partitioned stage joins with. Replacing
+    the upstream chunk makes every reader stale (``upstream``), and ``--stale`` redoes
+    exactly those readers and what reads them.
+
+    Downstream chunks: none of its own (a stage reading through it has a plan, or
+    another input that gives its chunks). Upstream keys: every upstream key, in order.
+    """
+
+    def downstream_chunks(self, upstream: Sequence[Chunk]) -> list[Chunk]:
+        raise ConfigError(
+            "a stage whose chunks come from its plan or from another input", "AllChunks() as the input "
+            "that decides the stage's chunks",
+            "give the stage a plan=..., or list first an input whose mapping gives chunks (Identity, "
+            "CalendarWindow, ...), and AllChunks() inputs after it",
+        )
+
+    def upstream_keys(self, chunk: Chunk, upstream: UpstreamKeys) -> list[str]:
+        return list(upstream.keys())
+
+    def _indexes(self, chunk: Chunk, upstream: UpstreamKeys, lookup: _Lookup) -> tuple[list[int], list[str]]:
+        cached = self.__dict__.get("_shared")
+        if cached is None or cached[0] is not upstream:
+            # One list shared by every chunk of the stage (nobody mutates it): memory
+            # stays one list per stage, not one per chunk.
+            cached = (upstream, list(range(len(upstream))))
+            object.__setattr__(self, "_shared", cached)
+        return cached[1], []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_shared"}  # never ship the cache
+
+    def describe(self) -> str:
+        return "AllChunks(): every chunk reads every upstream chunk"

@@ -14,6 +14,7 @@ def resolve_inputs(
     upstream: UpstreamKeys,
     stage: str,
     upstream_stage: str,
+    input_name: str | None = None,
 ) -> list[list[int]]:
     """For each downstream chunk, the indexes of the upstream chunks it reads.
 
@@ -25,6 +26,7 @@ def resolve_inputs(
         upstream: The upstream stage's keys.
         stage: The downstream stage's name, for messages.
         upstream_stage: The upstream stage's name, for messages.
+        input_name: The input's name, for messages (stages with several inputs).
 
     Returns:
         One ascending list of upstream indexes per downstream chunk, in chunk order.
@@ -35,7 +37,7 @@ def resolve_inputs(
             chunk reads nothing and the mapping does not allow that.
     """
     with _gc_paused():
-        return _resolve(mapping, chunks, upstream, stage, upstream_stage)
+        return _resolve(mapping, chunks, upstream, stage, upstream_stage, input_name)
 
 
 def _resolve(
@@ -44,8 +46,9 @@ def _resolve(
     upstream: UpstreamKeys,
     stage: str,
     upstream_stage: str,
+    input_name: str | None = None,
 ) -> list[list[int]]:
-    where = f"stage {stage}"
+    where = f"stage {stage}" + (f", input {input_name}" if input_name else "")
     out: list[list[int]] = []
     missing: list[tuple[str, str]] = []
     missing_chunks = 0
