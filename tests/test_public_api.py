@@ -12,7 +12,7 @@ def test_exported_names():
     assert sorted(distetl.__all__) == sorted([
         "AllChunks", "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
         "ClusterError", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
-        "Identity", "Input", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "RunInterrupted",
+        "Identity", "Input", "Mapping", "Pipeline", "Plan", "PlanError", "Previous", "PlannedRun", "RunInterrupted",
         "RunReport", "RunnerSpec", "Source", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
         "status", "__version__",
     ])

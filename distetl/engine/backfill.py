@@ -189,6 +189,8 @@ def plan(
             accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
             used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
             chunks = used[name].chunks(storage_options)
+            if accepted and any(i.upstream == name for i in stage.all_inputs):
+                _check_chain_start(stage, stage.plan.resolve_dates(today).chunks(storage_options), chunks, accepted)
         else:
             chunks = _derived_chunks(stage, plans)
         inputs = _resolve_links(stage, chunks, plans, keys_of)
@@ -204,6 +206,32 @@ def plan(
     planned.need = decide(ordered, force, extra)
     planned.seconds = time.perf_counter() - started
     return planned
+
+
+def _check_chain_start(stage: Any, full: Any, narrowed: Any, params: Mapping[str, Any]) -> None:
+    """A stage that reads its own past may not start after its plan's first chunk: the
+    chunk at the new start would read nothing where its predecessor belongs.
+
+    Raises:
+        PlanError: Naming the stage, the option and the fix.
+    """
+    if not len(narrowed) or not len(full) or narrowed[0].key == full[0].key:
+        return
+    keys = UpstreamKeys.from_chunks(full)
+    for item in stage.all_inputs:
+        if item.upstream != stage.name:
+            continue
+        reads = item.mapping.upstream_keys(narrowed[0], keys)
+        if reads:
+            options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in params.items())
+            raise PlanError(
+                f"the chain of stage {stage.name!r} (input {item.name}, {item.mapping.describe()}) to start at its "
+                f"plan's first chunk {full[0].key!r}",
+                f"{options}, whose first chunk {narrowed[0].key!r} reads {reads[0]!r} outside the narrowed plan",
+                f"run stage {stage.name!r} without {options.split(' ')[0]} (committed chunks are skipped), or select "
+                "other stages with --stage",
+                where=f"stage {stage.name}",
+            )
 
 
 def _derived_chunks(stage: Any, plans: Mapping[str, StagePlan]) -> Any:

@@ -26,6 +26,7 @@ This module is plain Python: it imports no Prefect, Dask, pandas or pyarrow.
 from distetl.model.mappings.base import UpstreamKeys, Mapping
 from distetl.model.mappings.basic import AllChunks, AllToOne, FromFunction, Identity
 from distetl.model.mappings.calendar import CalendarWindow, TrailingDays, WindowDays
+from distetl.model.mappings.history import Previous
 from distetl.model.mappings.resolve import resolve_inputs
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "FromFunction",
     "Identity",
     "Mapping",
+    "Previous",
     "TrailingDays",
     "UpstreamKeys",
     "WindowDays",
