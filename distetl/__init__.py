@@ -14,9 +14,10 @@ from distetl.errors import ChunkError, ClusterError, ConfigError, DistetlError, 
 from distetl.engine.execute import ChunkContext
 from distetl.state.results import ChunkResult
 from distetl.state.manifest import RunReport
-from distetl.model.mappings import AllToOne, CalendarWindow, FromFunction, Identity, Mapping, TrailingDays, WindowDays
+from distetl.model.mappings import (AllToOne, Along, CalendarWindow, Collapse, FromFunction, Identity, Mapping,
+                                    TrailingDays, WindowDays)
 from distetl.model.pipeline import Pipeline
-from distetl.model.plans import ChunkList, DateRange, FileList, IdRange, Plan
+from distetl.model.plans import ChunkList, DateRange, FileList, IdRange, Plan, Product
 from distetl.engine.runners import RunnerSpec
 from distetl.model.stages import Stage
 from distetl.engine.stopping import RunInterrupted
@@ -24,9 +25,9 @@ from distetl.engine.stopping import RunInterrupted
 from distetl.version import __version__  # noqa: E402
 
 __all__ = [
-    "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
-    "ClusterError", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
-    "Identity", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "RunInterrupted", "RunReport",
+    "AllToOne", "Along", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
+    "ClusterError", "Collapse", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
+    "Identity", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "Product", "RunInterrupted", "RunReport",
     "RunnerSpec", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run", "status",
     "__version__",
 ]

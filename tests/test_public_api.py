@@ -10,9 +10,9 @@ import distetl
 
 def test_exported_names():
     assert sorted(distetl.__all__) == sorted([
-        "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
-        "ClusterError", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
-        "Identity", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "RunInterrupted",
+        "AllToOne", "Along", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
+        "ClusterError", "Collapse", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
+        "Identity", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun", "Product", "RunInterrupted",
         "RunReport", "RunnerSpec", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
         "status", "__version__",
     ])

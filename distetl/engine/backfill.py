@@ -13,7 +13,7 @@ from rich.console import Console
 
 from distetl.model import dates
 from distetl.model.chunks import Chunk
-from distetl.errors import ConfigError
+from distetl.errors import ConfigError, PlanError
 from distetl.engine.execute import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, BatchJob, ChunkResult
 from distetl.state.lease import RunLease, TakenOver, parse_time
 from distetl.state.leftovers import remove_leftovers
@@ -181,16 +181,17 @@ def plan(
         if not plans:
             targets.storage.check_root(targets.output)
         inputs = None
-        if stage.plan is not None:
-            accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
-            used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
-            chunks = used[name].chunks(storage_options)
-        else:
-            chunks = stage.mapping.downstream_chunks(plans[stage.upstream].chunks)
-        if stage.upstream is not None:
-            upstream = plans[stage.upstream]
-            inputs = resolve_inputs(stage.mapping, chunks, UpstreamKeys.from_chunks(upstream.chunks),
-                                    stage.name, upstream.name)
+        with _in_stage(name):
+            if stage.plan is not None:
+                accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
+                used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
+                chunks = used[name].chunks(storage_options)
+            else:
+                chunks = stage.mapping.downstream_chunks(plans[stage.upstream].chunks)
+            if stage.upstream is not None:
+                upstream = plans[stage.upstream]
+                inputs = resolve_inputs(stage.mapping, chunks, UpstreamKeys.from_chunks(upstream.chunks),
+                                        stage.name, upstream.name)
         paths, committed = targets.plan(chunks)
         check_schema(targets.template, stage.schema, chunks, paths, targets.output)
         plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets)
@@ -202,6 +203,18 @@ def plan(
     planned.need = decide(ordered, force, extra)
     planned.seconds = time.perf_counter() - started
     return planned
+
+
+@contextlib.contextmanager
+def _in_stage(name: str) -> Iterator[None]:
+    """Name the stage in a plan-time error from its plan or mapping (they do not know it)."""
+    try:
+        yield
+    except PlanError as exc:
+        if exc.where and exc.where.startswith(f"stage {name}"):
+            raise
+        where = f"stage {name}" + (f", {exc.where}" if exc.where else "")
+        raise PlanError(exc.expected, exc.got, exc.fix, where=where).with_traceback(exc.__traceback__) from None
 
 
 def _find_stale(planned: PlannedRun) -> None:
