@@ -403,8 +403,9 @@ class Product(Plan):
             owners = [i for i, p in enumerate(self.plans) if name in p.param_names()]
             option = f"--{name.replace('_', '-')}"
             if not owners:
-                raise ConfigError(f"a parameter of {self._name()} ({', '.join('--' + n.replace('_', '-') for n in self.param_names())})",
-                                  option, "drop the option or use one of the listed ones")
+                listed = ", ".join("--" + n.replace("_", "-") for n in self.param_names())
+                raise ConfigError(f"a parameter of {self._name()} ({listed})", option,
+                                  "drop the option or use one of the listed ones")
             if len(owners) > 1:
                 raise ConfigError(
                     f"{option} belonging to one plan of {self._name()}",

@@ -323,7 +323,8 @@ class Along(_MemoFree, Mapping):
         suf = DIM_SEP + DIM_SEP.join(parts[pos + 1:]) if pos + 1 < len(parts) else ""
         view = _SubView(upstream, pre, suf, lambda: _distinct_parts(self, upstream, pos))
         sub = Chunk(key=parts[pos], fields=own, index=chunk.index)
-        indexes, lacking = self.mapping._indexes(sub, view, lambda key: lookup(pre + key + suf))  # type: ignore[arg-type]
+        indexes, lacking = self.mapping._indexes(
+            sub, view, lambda key: lookup(pre + key + suf))  # type: ignore[arg-type]
         return indexes, [pre + key + suf for key in lacking]
 
     @property
