@@ -287,6 +287,8 @@ DIM_SEP = "/"
 #: Characters a dimension value may not hold (it would break the key or a path).
 _UNSAFE_VALUE = ("/", "\\", "=", "\x00")
 _UNSAFE_FIELD = ("/", "\\", "\x00")
+#: Up to this many chunks in all, the dimensions after the first are held as lists.
+_LIST_INNER = 100_000
 
 
 def split_key(key: str) -> list[tuple[str, str]]:
@@ -360,9 +362,18 @@ class ProductChunks(ChunkSeq):
         self._n = strides[0] * sizes[0] if sizes else 0
         self._outer: tuple[int, Any] = (-1, None)
         self._finders: list[Any] = [None] * len(self.parts)
+        self._lists: tuple[Sequence[Chunk], ...] | None = None
 
     def __len__(self) -> int:
         return self._n
+
+    def _inner(self) -> tuple[Sequence[Chunk], ...]:
+        """The dimensions after the first, as lists when they are small (indexing a list
+        is cheaper than building a chunk), else as they are."""
+        if self._lists is None:
+            small = sum(len(p) for p in self.parts[1:]) <= _LIST_INNER
+            self._lists = tuple(list(p) if small and not isinstance(p, list) else p for p in self.parts[1:])
+        return self._lists
 
     def _subs(self, i: int) -> list[Chunk]:
         j, rest = divmod(i, self._strides[0])
@@ -371,7 +382,7 @@ class ProductChunks(ChunkSeq):
             last = self.parts[0][j]
             self._outer = (j, last)
         subs = [last]
-        for part, stride in zip(self.parts[1:], self._strides[1:]):
+        for part, stride in zip(self._inner(), self._strides[1:]):
             j, rest = divmod(rest, stride)
             subs.append(part[j])
         return subs
@@ -381,13 +392,24 @@ class ProductChunks(ChunkSeq):
         values: dict[str, Any] = {}
         for sub in subs:
             values.update(sub.fields)
-        return Chunk(key=DIM_SEP.join(sub.key for sub in subs), fields=DimFields(values, self.dims), index=i)
+        return Chunk(key=DIM_SEP.join([sub.key for sub in subs]), fields=DimFields(values, self.dims), index=i)
 
     def template_values(self, i: int) -> dict[str, Any]:
-        subs = self._subs(i)
-        values: dict[str, Any] = {"key": DIM_SEP.join(sub.key for sub in subs), "index": i, "chunk": i}
-        for sub in subs:
-            values.update(sub.fields)
+        if len(self.parts) != 2:
+            subs = self._subs(i)
+            values: dict[str, Any] = {"key": DIM_SEP.join([sub.key for sub in subs]), "index": i, "chunk": i}
+            for sub in subs:
+                values.update(sub.fields)
+            return values
+        j, k = divmod(i, self._strides[0])
+        last_j, last = self._outer
+        if j != last_j:
+            last = self.parts[0][j]
+            self._outer = (j, last)
+        sub = self._inner()[0][k]
+        values = {"key": last.key + DIM_SEP + sub.key, "index": i, "chunk": i}
+        values.update(last.fields)
+        values.update(sub.fields)
         return values
 
     def __iter__(self) -> Iterator[Chunk]:
