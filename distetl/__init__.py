@@ -15,9 +15,10 @@ from distetl.engine.execute import ChunkContext
 from distetl.state.results import ChunkResult
 from distetl.state.manifest import RunReport
 from distetl.model.inputs import Input, Source
-from distetl.model.mappings import AllChunks, AllToOne, CalendarWindow, FromFunction, Identity, Mapping, Previous, TrailingDays, WindowDays
+from distetl.model.mappings import (AllChunks, AllToOne, Along, CalendarWindow, Collapse, FromFunction, Identity,
+                                    Mapping, Previous, TrailingDays, WindowDays)
 from distetl.model.pipeline import Pipeline
-from distetl.model.plans import ChunkList, DateRange, FileList, IdRange, Plan
+from distetl.model.plans import ChunkList, DateRange, FileList, IdRange, Plan, Product
 from distetl.engine.runners import RunnerSpec
 from distetl.model.stages import Stage
 from distetl.engine.stopping import RunInterrupted
@@ -25,9 +26,12 @@ from distetl.engine.stopping import RunInterrupted
 from distetl.version import __version__  # noqa: E402
 
 __all__ = [
-    "AllChunks", "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
-    "ClusterError", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
-    "Identity", "Input", "Mapping", "Pipeline", "Plan", "PlanError", "Previous", "PlannedRun", "RunInterrupted", "RunReport",
-    "RunnerSpec", "Source", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run", "status",
+    "AllChunks", "AllToOne", "Along", "CalendarWindow", "Chunk", "ChunkContext",
+    "ChunkError", "ChunkList", "ChunkResult", "ClusterError", "Collapse", "ConfigError",
+    "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange", "Identity",
+    "Input", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun",
+    "Previous", "Product", "RunInterrupted", "RunReport", "RunnerSpec", "Source",
+    "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
+    "status",
     "__version__",
 ]

@@ -10,10 +10,13 @@ import distetl
 
 def test_exported_names():
     assert sorted(distetl.__all__) == sorted([
-        "AllChunks", "AllToOne", "CalendarWindow", "Chunk", "ChunkContext", "ChunkError", "ChunkList", "ChunkResult",
-        "ClusterError", "ConfigError", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange",
-        "Identity", "Input", "Mapping", "Pipeline", "Plan", "PlanError", "Previous", "PlannedRun", "RunInterrupted",
-        "RunReport", "RunnerSpec", "Source", "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
+        "AllChunks", "AllToOne", "Along", "CalendarWindow", "Chunk", "ChunkContext",
+        "ChunkError", "ChunkList", "ChunkResult", "ClusterError", "Collapse", "ConfigError",
+        "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange", "Identity",
+        "Input", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun",
+        "Previous", "Product", "RunInterrupted", "RunReport", "RunnerSpec", "Source",
+        "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
+        "status",
         "status", "__version__",
     ])
     for name in distetl.__all__:

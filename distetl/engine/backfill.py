@@ -185,15 +185,17 @@ def plan(
         targets = Targets(stage.target, output, storage_options)
         if not plans:
             targets.storage.check_root(targets.output)
-        if stage.plan is not None:
-            accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
-            used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
-            chunks = used[name].chunks(storage_options)
-            if accepted and any(i.upstream == name for i in stage.all_inputs):
-                _check_chain_start(stage, stage.plan.resolve_dates(today).chunks(storage_options), chunks, accepted)
-        else:
-            chunks = _derived_chunks(stage, plans)
-        inputs = _resolve_links(stage, chunks, plans, keys_of)
+        with _in_stage(name):
+            if stage.plan is not None:
+                accepted = {k: v for k, v in params.items() if k in stage.plan.param_names()}
+                used[name] = stage.plan.with_params(**accepted).resolve_dates(today)
+                chunks = used[name].chunks(storage_options)
+                if accepted and any(i.upstream == name for i in stage.all_inputs):
+                    _check_chain_start(stage, stage.plan.resolve_dates(today).chunks(storage_options), chunks,
+                                       accepted)
+            else:
+                chunks = _derived_chunks(stage, plans)
+            inputs = _resolve_links(stage, chunks, plans, keys_of)
         paths, committed = targets.plan(chunks)
         check_schema(targets.template, stage.schema, chunks, paths, targets.output)
         plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets,
@@ -293,6 +295,16 @@ def _source_stamps(stage: Any, storage_options: Optional[Mapping[str, Any]]) -> 
             fingerprint = f"{len(files)} files:{digest}"
         out[source.name] = (fingerprint, [storage.unstrip(f) for f in files])
     return out
+@contextlib.contextmanager
+def _in_stage(name: str) -> Iterator[None]:
+    """Name the stage in a plan-time error from its plan or mapping (they do not know it)."""
+    try:
+        yield
+    except PlanError as exc:
+        if exc.where and exc.where.startswith(f"stage {name}"):
+            raise
+        where = f"stage {name}" + (f", {exc.where}" if exc.where else "")
+        raise PlanError(exc.expected, exc.got, exc.fix, where=where).with_traceback(exc.__traceback__) from None
 
 
 def _find_stale(planned: PlannedRun) -> None:

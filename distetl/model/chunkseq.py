@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, overload
 
 from distetl.model.chunks import Chunk
 
-__all__ = ["ChunkSeq", "IdChunks", "DayChunks", "FileChunks", "IndexSet"]
+__all__ = ["ChunkSeq", "DimFields", "IdChunks", "DayChunks", "FileChunks", "IndexSet", "ProductChunks", "split_key"]
 
 
 class ChunkSeq(Sequence):
@@ -277,3 +277,181 @@ class IndexSet:
 
     def __repr__(self) -> str:
         return f"IndexSet({len(self)} of {len(self._bits)})"
+
+
+# ---------------------------------------------------------------------------
+# Products of plans: two-dimensional (or more) keys
+
+#: Separator of the dimensions in a product key: ``date=2024-01-03/origin=EWR``.
+DIM_SEP = "/"
+#: Characters a dimension value may not hold (it would break the key or a path).
+_UNSAFE_VALUE = ("/", "\\", "=", "\x00")
+_UNSAFE_FIELD = ("/", "\\", "\x00")
+#: Up to this many chunks in all, the dimensions after the first are held as lists.
+_LIST_INNER = 100_000
+
+
+def split_key(key: str) -> list[tuple[str, str]]:
+    """The ``(dimension, value)`` pairs of a key: ``date=2024-01-03/origin=EWR`` gives
+    ``[("date", "2024-01-03"), ("origin", "EWR")]``; a one-dimensional key gives one pair.
+    A part without ``=`` gives the dimension ``""``."""
+    out = []
+    for part in key.split(DIM_SEP):
+        name, eq, value = part.partition("=")
+        out.append((name, value) if eq else ("", part))
+    return out
+
+
+def unsafe_value(text: str, *, in_key: bool) -> bool:
+    """Whether ``text`` cannot be a dimension value (``in_key``) or a path segment: empty,
+    ``.``, ``..``, or holding ``/``, ``\\``, NUL (and ``=`` in a key)."""
+    bad = _UNSAFE_VALUE if in_key else _UNSAFE_FIELD
+    return not text or text in (".", "..") or any(c in text for c in bad)
+
+
+class DimFields(dict):
+    """A product chunk's fields: one dict, as templates and extracts see them, that also
+    knows which fields came from which dimension (for :mod:`distetl.model.mappings.dims`).
+
+    Args:
+        values: Every field of the chunk.
+        dims: ``(dimension, field names)`` per dimension, in key order.
+    """
+
+    __slots__ = ("dims",)
+
+    def __init__(self, values: Any = (), dims: tuple[tuple[str, tuple[str, ...]], ...] = ()):
+        super().__init__(values)
+        self.dims = dims
+
+    def of(self, position: int) -> dict[str, Any]:
+        """The fields of the dimension at ``position`` (0-based, in key order)."""
+        return {name: self[name] for name in self.dims[position][1] if name in self}
+
+    def __reduce__(self) -> Any:
+        return (DimFields, (dict(self), self.dims))
+
+
+class ProductChunks(ChunkSeq):
+    """Every combination of the chunks of several plans (see
+    :class:`distetl.model.plans.Product`), the last dimension varying fastest.
+
+    Chunk ``i`` is built from one chunk of each dimension when asked for: its key joins
+    theirs with ``/`` (``date=2024-01-03/origin=EWR``), its fields are all of theirs
+    (a :class:`DimFields`). The sequence holds the dimensions' own sequences, nothing per
+    combination: 3,650 days × 100 origins are 3,750 chunks' worth of memory at most.
+
+    Args:
+        parts: Each dimension's chunks.
+        names: Each dimension's name (its keys' ``name=``).
+        fields: Each dimension's field names.
+        safe: Whether every field value of every dimension is safe in a path segment.
+    """
+
+    def __init__(self, parts: Sequence[Sequence[Chunk]], names: Sequence[str],
+                 fields: Sequence[tuple[str, ...]], safe: bool):
+        self.parts = tuple(parts)
+        self.names = tuple(names)
+        self.dims = tuple(zip(self.names, (tuple(f) for f in fields)))
+        self.safe_values = safe
+        sizes = [len(p) for p in self.parts]
+        strides = [1] * len(sizes)
+        for k in range(len(sizes) - 2, -1, -1):
+            strides[k] = strides[k + 1] * sizes[k + 1]
+        self._strides = tuple(strides)
+        self._n = strides[0] * sizes[0] if sizes else 0
+        self._outer: tuple[int, Any] = (-1, None)
+        self._finders: list[Any] = [None] * len(self.parts)
+        self._lists: tuple[Sequence[Chunk], ...] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _inner(self) -> tuple[Sequence[Chunk], ...]:
+        """The dimensions after the first, as lists when they are small (indexing a list
+        is cheaper than building a chunk), else as they are."""
+        if self._lists is None:
+            small = sum(len(p) for p in self.parts[1:]) <= _LIST_INNER
+            self._lists = tuple(list(p) if small and not isinstance(p, list) else p for p in self.parts[1:])
+        return self._lists
+
+    def _subs(self, i: int) -> list[Chunk]:
+        j, rest = divmod(i, self._strides[0])
+        last_j, last = self._outer
+        if j != last_j:
+            last = self.parts[0][j]
+            self._outer = (j, last)
+        subs = [last]
+        for part, stride in zip(self._inner(), self._strides[1:]):
+            j, rest = divmod(rest, stride)
+            subs.append(part[j])
+        return subs
+
+    def chunk(self, i: int) -> Chunk:
+        subs = self._subs(i)
+        values: dict[str, Any] = {}
+        for sub in subs:
+            values.update(sub.fields)
+        return Chunk(key=DIM_SEP.join([sub.key for sub in subs]), fields=DimFields(values, self.dims), index=i)
+
+    def template_values(self, i: int) -> dict[str, Any]:
+        if len(self.parts) != 2:
+            subs = self._subs(i)
+            values: dict[str, Any] = {"key": DIM_SEP.join([sub.key for sub in subs]), "index": i, "chunk": i}
+            for sub in subs:
+                values.update(sub.fields)
+            return values
+        j, k = divmod(i, self._strides[0])
+        last_j, last = self._outer
+        if j != last_j:
+            last = self.parts[0][j]
+            self._outer = (j, last)
+        sub = self._inner()[0][k]
+        values = {"key": last.key + DIM_SEP + sub.key, "index": i, "chunk": i}
+        values.update(last.fields)
+        values.update(sub.fields)
+        return values
+
+    def __iter__(self) -> Iterator[Chunk]:
+        if not self._n:
+            return
+        inner = [list(p) for p in self.parts[1:]]
+        dims = self.dims
+        i = 0
+        for outer in self.parts[0]:
+            for combo in _combos(inner):
+                subs = (outer, *combo)
+                values: dict[str, Any] = {}
+                for sub in subs:
+                    values.update(sub.fields)
+                yield Chunk(key=DIM_SEP.join(sub.key for sub in subs), fields=DimFields(values, dims), index=i)
+                i += 1
+
+    def find(self, key: str) -> Optional[int]:
+        parts = key.split(DIM_SEP)
+        if len(parts) != len(self.parts):
+            return None
+        i = 0
+        for k, (part, stride) in enumerate(zip(parts, self._strides)):
+            j = self._find_in(k, part)
+            if j is None:
+                return None
+            i += j * stride
+        return i
+
+    def _find_in(self, k: int, key: str) -> Optional[int]:
+        seq = self.parts[k]
+        if isinstance(seq, ChunkSeq):
+            return seq.find(key)
+        if self._finders[k] is None:
+            self._finders[k] = {c.key: j for j, c in enumerate(seq)}
+        return self._finders[k].get(key)
+
+    def __repr__(self) -> str:
+        return f"ProductChunks({' × '.join(f'{n} ({len(p)})' for n, p in zip(self.names, self.parts))})"
+
+
+def _combos(lists: list[list[Chunk]]) -> Iterator[tuple[Chunk, ...]]:
+    import itertools
+
+    return itertools.product(*lists) if lists else iter([()])

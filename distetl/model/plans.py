@@ -18,7 +18,7 @@ from distetl.model.chunks import Chunk
 from distetl.model.chunkseq import DayChunks, IdChunks
 from distetl.errors import ConfigError, PlanError
 
-__all__ = ["Plan", "DateRange", "FileList", "IdRange", "ChunkList"]
+__all__ = ["Plan", "DateRange", "FileList", "IdRange", "ChunkList", "Product"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ class Plan:
         :class:`distetl.model.dates.Today`), so every stage of a run plans with one day. Plans
         without dates return themselves."""
         return self
+
+    def __mul__(self, other: "Plan") -> "Product":
+        """``DateRange(...) * ChunkList(...)``: the :class:`Product` of the two plans."""
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return Product(self, other)
 
     def describe(self) -> dict[str, Any]:
         """Plain-JSON description of the plan for manifests and logs."""
@@ -284,6 +290,8 @@ class ChunkList(Plan):
     Attributes:
         items: The items.
         key_field: The field that names each chunk; the key is ``{key_field}={value}``.
+            Left at ``"item"`` with items that are each a mapping of the same one field
+            (``[{"origin": "EWR"}, {"origin": "JFK"}]``), that field names them.
     """
 
     items: Sequence[Any] = field(default_factory=tuple)
@@ -291,21 +299,232 @@ class ChunkList(Plan):
 
     kind: ClassVar[str] = "list"
 
+    def _key_field(self) -> str:
+        """``key_field``, or, left at its default, the one field every item has when each
+        is a mapping of one field (``[{"origin": "EWR"}, {"origin": "JFK"}]``)."""
+        if self.key_field != "item" or not self.items:
+            return self.key_field
+        names = {tuple(item) for item in self.items if isinstance(item, Mapping) and len(item) == 1}
+        if len(names) == 1 and all(isinstance(item, Mapping) and len(item) == 1 for item in self.items):
+            return next(iter(names))[0]
+        return self.key_field
+
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
         if not self.items:
             raise PlanError("at least one item", "an empty list", "pass the items to run")
         out = []
+        key_field = self._key_field()
         for i, item in enumerate(self.items):
-            fields = dict(item) if isinstance(item, Mapping) else {self.key_field: item}
-            if self.key_field not in fields:
+            fields = dict(item) if isinstance(item, Mapping) else {key_field: item}
+            if key_field not in fields:
                 raise PlanError(
-                    f"field {self.key_field!r} in every item",
+                    f"field {key_field!r} in every item",
                     f"item {i} with fields {sorted(fields)}",
-                    f"add {self.key_field!r} to the item or set key_field",
+                    f"add {key_field!r} to the item or set key_field",
                 )
-            out.append(Chunk(key=f"{self.key_field}={fields[self.key_field]}", fields=fields, index=i))
+            out.append(Chunk(key=f"{key_field}={fields[key_field]}", fields=fields, index=i))
         seen: set[str] = set()
         dupes = sorted({c.key for c in out if c.key in seen or seen.add(c.key)})
         if dupes:
             raise PlanError("unique chunk keys", f"duplicates {dupes[:5]}", "make the items unique")
         return out
+
+
+@dataclass(frozen=True, init=False)
+class Product(Plan):
+    """Every combination of the chunks of two (or more) plans: two-dimensional keys.
+
+    ``Product(DateRange("2024-01-01", "2024-12-31"), ChunkList([{"origin": "EWR"},
+    {"origin": "JFK"}]))`` (or ``DateRange(...) * ChunkList(...)``) has one chunk per day
+    and origin, keyed ``date=2024-01-03/origin=EWR``: each plan's key is one
+    *dimension* (named by its ``name=``), joined with ``/`` in the order of the plans,
+    the last varying fastest. Every field of every plan is a field of the chunk, so
+    ``{output}/t/date={date}/origin={origin}/part-0.parquet`` gives two partition columns.
+
+    The plans' parameters are the product's (``--start``/``--end`` narrow the
+    ``DateRange``); a parameter that two plans share cannot be set from the command
+    line. Chunks are built on demand (:class:`~distetl.model.chunkseq.ProductChunks`):
+    3,650 days × 100 origins hold 3,750 chunks' worth of memory, not 365,000.
+
+    Mappings that work along one dimension and keep the others are in
+    :mod:`distetl.model.mappings.dims` (:class:`Along`, :class:`Collapse`).
+
+    Attributes:
+        plans: The plans, one per dimension (a nested Product is flattened).
+
+    Raises:
+        ConfigError: If fewer than two plans are given, or one is not a plan.
+    """
+
+    plans: tuple[Plan, ...] = ()
+
+    kind: ClassVar[str] = "product"
+
+    def __init__(self, *plans: Plan):
+        flat: list[Plan] = []
+        for p in plans:
+            if not isinstance(p, Plan):
+                raise ConfigError("distetl plans in Product(...) (DateRange, ChunkList, IdRange, FileList)",
+                                  type(p).__name__, "pass plans, e.g. Product(DateRange(...), ChunkList(...))")
+            flat.extend(p.plans if isinstance(p, Product) else [p])
+        if len(flat) < 2:
+            raise ConfigError("at least two plans in Product(...)", f"{len(flat)}",
+                              "pass two plans, e.g. Product(DateRange(...), ChunkList(...)), or use the plan alone")
+        object.__setattr__(self, "plans", tuple(flat))
+
+    def __getattr__(self, name: str) -> Any:
+        # A parameter of one of the plans reads through (the command line shows defaults).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            plans = object.__getattribute__(self, "plans")
+        except AttributeError:
+            raise AttributeError(name) from None
+        for p in plans:
+            if name in p.param_names():
+                return getattr(p, name)
+        raise AttributeError(f"Expected a parameter of one of the plans of Product; got {name!r}. "
+                             f"Fix: use one of {self.param_names()}.")
+
+    def __reduce__(self) -> Any:
+        return (_product, self.plans)
+
+    def param_names(self) -> list[str]:
+        return list(dict.fromkeys(n for p in self.plans for n in p.param_names()))
+
+    def with_params(self, **params: str | Any) -> "Product":
+        """A copy with each parameter applied to the one plan that has it.
+
+        Raises:
+            ConfigError: If no plan or more than one plan has a parameter.
+        """
+        updates: list[dict[str, Any]] = [{} for _ in self.plans]
+        for name, value in params.items():
+            owners = [i for i, p in enumerate(self.plans) if name in p.param_names()]
+            option = f"--{name.replace('_', '-')}"
+            if not owners:
+                listed = ", ".join("--" + n.replace("_", "-") for n in self.param_names())
+                raise ConfigError(f"a parameter of {self._name()} ({listed})", option,
+                                  "drop the option or use one of the listed ones")
+            if len(owners) > 1:
+                raise ConfigError(
+                    f"{option} belonging to one plan of {self._name()}",
+                    f"{option} in {' and '.join(type(self.plans[i]).__name__ for i in owners)}",
+                    f"set {name} in the flow file for each plan rather than with {option}",
+                )
+            updates[owners[0]][name] = value
+        return Product(*(p.with_params(**u) if u else p for p, u in zip(self.plans, updates)))
+
+    def resolve_dates(self, today: Any) -> "Product":
+        return Product(*(p.resolve_dates(today) for p in self.plans))
+
+    def describe(self) -> dict[str, Any]:
+        return {"plan": "Product", "plans": [p.describe() for p in self.plans]}
+
+    def _name(self) -> str:
+        return f"Product({', '.join(type(p).__name__ for p in self.plans)})"
+
+    def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
+        """The combinations, built on demand, after checking at plan time that each plan's
+        keys are one ``name=value`` dimension with values safe in a key and a path, and
+        that no two plans share a dimension or a field name.
+
+        Raises:
+            PlanError: Naming the dimension, the value or field, and the fix.
+        """
+        from distetl.model.chunkseq import ChunkSeq, ProductChunks
+
+        parts = [p.chunks(storage_options) for p in self.plans]
+        names: list[str] = []
+        fields: list[tuple[str, ...]] = []
+        owner: dict[str, str] = {}
+        safe = True
+        for plan, seq in zip(self.plans, parts):
+            what = type(plan).__name__
+            if not len(seq):
+                raise PlanError(f"chunks in every plan of {self._name()}", f"none from {what}",
+                                f"give the {what} at least one chunk")
+            if isinstance(seq, ChunkSeq) and seq.safe_values:
+                name = _dimension(what, seq[0].key)
+                own = tuple(seq[0].fields)
+            else:
+                name, own, ok = _scan_dimension(what, seq)
+                safe = safe and ok
+            label = f"{what} (dimension {name!r})"
+            if name in {n for n in names}:
+                raise PlanError(
+                    f"plans with distinct dimensions in {self._name()}",
+                    f"dimension {name!r} in two plans",
+                    "key one of the plans by another field (e.g. ChunkList(key_field=...))",
+                )
+            for field_name in own:
+                if field_name in owner:
+                    raise PlanError(
+                        f"plans with distinct field names in {self._name()} (every field is a field "
+                        "of the product's chunks)",
+                        f"field {field_name!r} in both {owner[field_name]} and {label}",
+                        f"rename {field_name!r} in one of the plans (the items of a ChunkList), or "
+                        "derive it in the extract instead",
+                    )
+                owner[field_name] = label
+            names.append(name)
+            fields.append(own)
+        return ProductChunks(parts, names, fields, safe)
+
+
+def _product(*plans: Plan) -> Product:
+    return Product(*plans)
+
+
+def _dimension(plan: str, key: str) -> str:
+    """The dimension name of a plan's chunk key ``name=value``."""
+    name, eq, value = key.partition("=")
+    if not eq or not name or "/" in name or "\\" in name:
+        raise PlanError(
+            f"chunk keys of the form name=value from every plan of a Product (the name is the "
+            f"dimension), from {plan}",
+            repr(key),
+            "key the chunks name=value, e.g. ChunkList([...], key_field='origin')",
+            where=f"chunk {key}",
+        )
+    return name
+
+
+def _scan_dimension(plan: str, chunks: Sequence[Chunk]) -> tuple[str, tuple[str, ...], bool]:
+    """Check every chunk of one dimension: one dimension name, values safe in a key and a
+    path. Returns the name, the field names (in first-seen order) and whether every field
+    value is safe in a path segment and every chunk has the same fields."""
+    from distetl.model.chunkseq import unsafe_value
+
+    name = ""
+    own: dict[str, None] = {}
+    first: tuple[str, ...] | None = None
+    safe = True
+    for chunk in chunks:
+        this = _dimension(plan, chunk.key)
+        if not name:
+            name = this
+        elif this != name:
+            raise PlanError(
+                f"one dimension per plan of a Product (every key {name}=…) from {plan}",
+                f"chunk {chunk.key!r}", "key every chunk of the plan by the same field",
+                where=f"dimension {name}")
+        value = chunk.key.partition("=")[2]
+        if unsafe_value(value, in_key=True):
+            raise PlanError(
+                f"dimension values safe in a key and a path (no '/', '\\', '=', and not '.', "
+                f"'..' or empty) for dimension {name!r} of a Product, from {plan}",
+                repr(value),
+                f"change the value in the {plan} (e.g. replace '/' and '=' with '-'), or key the "
+                "chunks by another field",
+                where=f"dimension {name}",
+            )
+        keys = tuple(chunk.fields)
+        if first is None:
+            first = keys
+        elif safe and keys != first:
+            safe = False
+        own.update(dict.fromkeys(keys))
+        if safe and any(unsafe_value(str(v), in_key=False) for v in chunk.fields.values()):
+            safe = False
+    return name, tuple(own), safe

@@ -20,19 +20,26 @@ Day chunks are keyed ``date=YYYY-MM-DD`` with fields ``date``, ``year``, ``month
 that read upstream *days* from a window (:class:`CalendarWindow`,
 :class:`TrailingDays`) look them up by that key.
 
+Product keys (``date=2024-01-03/origin=EWR``, :class:`distetl.model.plans.Product`) are
+mapped along one dimension by :class:`Along` and lose one by :class:`Collapse`
+(:mod:`distetl.model.mappings.dims`).
+
 This module is plain Python: it imports no Prefect, Dask, pandas or pyarrow.
 """
 
 from distetl.model.mappings.base import UpstreamKeys, Mapping
 from distetl.model.mappings.basic import AllChunks, AllToOne, FromFunction, Identity
 from distetl.model.mappings.calendar import CalendarWindow, TrailingDays, WindowDays
+from distetl.model.mappings.dims import Along, Collapse
 from distetl.model.mappings.history import Previous
 from distetl.model.mappings.resolve import resolve_inputs
 
 __all__ = [
     "AllChunks",
     "AllToOne",
+    "Along",
     "CalendarWindow",
+    "Collapse",
     "FromFunction",
     "Identity",
     "Mapping",
