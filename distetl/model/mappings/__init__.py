@@ -18,7 +18,9 @@ caller may pass any object with those four.
 Day chunks are keyed ``date=YYYY-MM-DD`` with fields ``date``, ``year``, ``month``
 (``YYYY-MM``) and ``day``, as :class:`distetl.model.plans.DateRange` makes them. Mappings
 that read upstream *days* from a window (:class:`CalendarWindow`,
-:class:`TrailingDays`) look them up by that key.
+:class:`TrailingDays`) look them up by that key; :class:`CalendarWindow` reads hours,
+months and quarters by their keys too (``hour=…``, ``month=…``, ``quarter=…``; see
+:mod:`distetl.model.periods`).
 
 This module is plain Python: it imports no Prefect, Dask, pandas or pyarrow.
 """
