@@ -43,8 +43,9 @@ def resolve_inputs(
                 raise
             # A mapping's own refusal (a window that does not nest, …): say which stage.
             inner = f", {error.where}" if error.where else ""
-            raise PlanError(error.expected, error.got, error.fix,
-                            where=f"stage {stage} (upstream {upstream_stage}){inner}").with_traceback(error.__traceback__) from None
+            named = PlanError(error.expected, error.got, error.fix,
+                              where=f"stage {stage} (upstream {upstream_stage}){inner}")
+            raise named.with_traceback(error.__traceback__) from None
 
 
 def _resolve(
