@@ -24,11 +24,11 @@ from distetl import DateRange, Input, Pipeline, Previous, Stage
 
 DAYS = DateRange(start="2024-01-01", end="2024-01-10")
 FAIL = os.environ.get("CHAIN_FAIL_DAY", "")
-SCALE = int(os.environ.get("CHAIN_SCALE", "1"))
 
 
 def daily(chunk):
-    return pd.DataFrame({"n": [int(chunk["date"][-2:]) * SCALE]})
+    scale = int(os.environ.get("CHAIN_SCALE", "1"))  # read at run time: not part of the code version
+    return pd.DataFrame({"n": [int(chunk["date"][-2:]) * scale]})
 
 
 def running(chunk, ctx):

@@ -240,8 +240,8 @@ def test_calendar_window_needs_day_keys_and_iso_dates():
 
 
 def test_calendar_window_rejects_unknown_units_and_unreadable_windows():
-    with pytest.raises(ConfigError, match="'quarter'"):
-        CalendarWindow("quarter")
+    with pytest.raises(ConfigError, match="'fortnight'"):
+        CalendarWindow("fortnight")
     with pytest.raises(PlanError, match=r"'start' and 'end' fields.*'x=1'"):
         CalendarWindow("month").upstream_keys(Chunk("x=1", {"x": 1}), view(days("2013-01-01", "2013-01-02")))
 

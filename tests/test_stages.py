@@ -164,7 +164,7 @@ def test_a_failed_day_blocks_exactly_its_dependants_and_the_rerun_fixes_it(tmp_p
         by_status.setdefault(r["status"], set()).add((r["stage"], r["key"]))
     assert by_status["failed"] == {("flights", "date=2013-02-10")}
     assert by_status["blocked"] == {("carrier_daily", "date=2013-02-10"), ("carrier_monthly", "month=2013-02"),
-                                    ("carrier_year", "2013")}
+                                    ("carrier_year", "year=2013")}
     blocked = [r for r in report["results"] if r["status"] == "blocked"]
     assert all("flights:date=2013-02-10" in r["error"] for r in blocked)
     assert len(by_status["written"]) == 58 + 58 + 1
@@ -174,7 +174,7 @@ def test_a_failed_day_blocks_exactly_its_dependants_and_the_rerun_fixes_it(tmp_p
     assert rerun.returncode == 0, rerun.stderr
     written = {(r["stage"], r["key"]) for r in json.loads(rerun.stdout)["results"] if r["status"] == "written"}
     assert written == {("flights", "date=2013-02-10"), ("carrier_daily", "date=2013-02-10"),
-                       ("carrier_monthly", "month=2013-02"), ("carrier_year", "2013")}
+                       ("carrier_monthly", "month=2013-02"), ("carrier_year", "year=2013")}
 
 
 def test_stage_selection_dry_run_and_status_per_stage(tmp_path, prefect_api):

@@ -20,7 +20,11 @@ from typing import Any, Iterator, Optional, overload
 
 from distetl.model.chunks import Chunk
 
+<<<<<<< HEAD
 __all__ = ["ChunkSeq", "DimFields", "IdChunks", "DayChunks", "FileChunks", "IndexSet", "ProductChunks", "split_key"]
+=======
+__all__ = ["ChunkSeq", "IdChunks", "DayChunks", "HourChunks", "FileChunks", "IndexSet"]
+>>>>>>> windows
 
 
 class ChunkSeq(Sequence):
@@ -141,6 +145,41 @@ class DayChunks(ChunkSeq):
             return None
         i = day.toordinal() - self.first.toordinal()
         return i if head == "date" and 0 <= i < self.days and self.chunk(i).key == key else None
+
+
+@dataclass(frozen=True, eq=False)
+class HourChunks(ChunkSeq):
+    """``hours`` consecutive hours from the hour ordinal ``first`` (``date.toordinal() * 24
+    + hour``; see :class:`distetl.model.plans.DateRange` with ``freq="hour"``).
+
+    Chunk fields: ``hour`` (``2024-01-03T05``), ``date``, ``month``, ``year``; key
+    ``hour=2024-01-03T05``.
+    """
+
+    first: int
+    hours: int
+
+    safe_values = True
+
+    def __len__(self) -> int:
+        return self.hours
+
+    def chunk(self, i: int) -> Chunk:
+        hour = self.first + i
+        label = f"{dt.date.fromordinal(hour // 24).isoformat()}T{hour % 24:02d}"
+        return Chunk(key=f"hour={label}",
+                     fields={"hour": label, "date": label[:10], "month": label[:7], "year": label[:4]}, index=i)
+
+    def find(self, key: str) -> Optional[int]:
+        head, _, rest = key.partition("=")
+        if head != "hour" or len(rest) != 13 or rest[10] != "T" or not rest[11:].isdigit():
+            return None
+        try:
+            day = dt.date.fromisoformat(rest[:10])
+        except ValueError:
+            return None
+        i = day.toordinal() * 24 + int(rest[11:]) - self.first
+        return i if 0 <= i < self.hours and self.chunk(i).key == key else None
 
 
 class FileChunks(ChunkSeq):

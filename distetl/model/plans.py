@@ -8,14 +8,14 @@ driver at plan time, before any compute.
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 from distetl.model.chunks import Chunk
-from distetl.model.chunkseq import DayChunks, IdChunks
+from distetl.model import periods
+from distetl.model.chunkseq import DayChunks, HourChunks, IdChunks
 from distetl.errors import ConfigError, PlanError
 
 __all__ = ["Plan", "DateRange", "FileList", "IdRange", "ChunkList", "Product"]
@@ -112,20 +112,36 @@ def _parse_date(plan: str, name: str, value: str | dt.date) -> dt.date:
 
 @dataclass(frozen=True)
 class DateRange(Plan):
-    """One chunk per day or per month from ``start`` to ``end``, both inclusive.
+    """One chunk per hour, day, ISO week, month, quarter or year from ``start`` to ``end``,
+    both inclusive.
 
-    Chunk fields for ``freq="day"``: ``date`` (``2013-01-03``), ``year``, ``month``
-    (``2013-01``), ``day``; key ``date=2013-01-03``. For ``freq="month"``: ``month``,
-    ``year``, ``start`` and ``end`` (first and last day); key ``month=2013-01``.
+    ==========  ==============================================  =========================
+    ``freq``    fields                                          key
+    ==========  ==============================================  =========================
+    ``hour``    ``hour`` (``2024-01-03T05``), ``date``,         ``hour=2024-01-03T05``
+                ``month``, ``year``
+    ``day``     ``date`` (``2013-01-03``), ``year``, ``month``  ``date=2013-01-03``
+                (``2013-01``), ``day``
+    ``week``    ``week`` (ISO, ``2013-W01``), ``year`` (ISO),   ``week=2013-W01``
+                ``start``, ``end``
+    ``month``   ``month``, ``year``, ``start``, ``end``         ``month=2013-01``
+    ``quarter`` ``quarter`` (``2013-Q1``), ``year``, ``start``, ``quarter=2013-Q1``
+                ``end``
+    ``year``    ``year``, ``start``, ``end``                    ``year=2013``
+    ==========  ==============================================  =========================
+
+    ``start`` and ``end`` fields are the first and last day of the period, clipped to the
+    range. Hour and day plans build each chunk on demand (a few integers in memory).
 
     ``start`` and ``end`` may be relative: ``today``, ``yesterday``, ``today-3d``,
     ``yesterday-1w``, ``today-2m``, ``today-1y`` (see :mod:`distetl.model.dates`), resolved
-    once per run.
+    once per run. With ``freq="hour"`` a day means all its hours, and an hour may be
+    given as ``2024-01-03T05``.
 
     Attributes:
-        start: First day, ISO format or relative.
-        end: Last day, ISO format or relative, inclusive.
-        freq: ``"day"`` or ``"month"``.
+        start: First day (or hour), ISO format or relative.
+        end: Last day (or hour), ISO format or relative, inclusive.
+        freq: ``"hour"``, ``"day"``, ``"week"``, ``"month"``, ``"quarter"`` or ``"year"``.
     """
 
     start: str = ""
@@ -152,39 +168,65 @@ class DateRange(Plan):
         return out
 
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> Sequence[Chunk]:
-        first = _parse_date("DateRange", "start", self.start)
-        last = _parse_date("DateRange", "end", self.end)
+        if self.freq not in periods.UNITS:
+            raise PlanError(
+                'freq "hour", "day", "week", "month", "quarter" or "year"', repr(self.freq),
+                "pass e.g. --freq day or --freq month",
+            )
+        if self.freq == "hour":
+            first = _parse_hour("start", self.start, last=False)
+            last = _parse_hour("end", self.end, last=True)
+        else:
+            first = _parse_date("DateRange", "start", self.start).toordinal() * 24
+            last = _parse_date("DateRange", "end", self.end).toordinal() * 24 + 23
         if first > last:
+            shown = periods.hour_label if self.freq == "hour" else (
+                lambda h: dt.date.fromordinal(h // 24).isoformat())
             raise PlanError(
                 "--start on or before --end",
-                f"start={first.isoformat()} after end={last.isoformat()}",
+                f"start={shown(first)} after end={shown(last)}",
                 "swap the two dates, or pass the range you meant",
             )
+        if self.freq == "hour":
+            return HourChunks(first, last - first + 1)
         if self.freq == "day":
-            return DayChunks(first, (last - first).days + 1)
-        if self.freq == "month":
-            out = []
-            year, month = first.year, first.month
-            i = 0
-            while (year, month) <= (last.year, last.month):
-                days = calendar.monthrange(year, month)[1]
-                lo = max(first, dt.date(year, month, 1))
-                hi = min(last, dt.date(year, month, days))
-                label = f"{year:04d}-{month:02d}"
-                out.append(
-                    Chunk(
-                        key=f"month={label}",
-                        fields={"month": label, "year": f"{year:04d}",
-                                "start": lo.isoformat(), "end": hi.isoformat()},
-                        index=i,
-                    )
-                )
-                i += 1
-                year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-            return out
-        raise PlanError(
-            'freq "day" or "month"', repr(self.freq), 'pass --freq day or --freq month'
-        )
+            return DayChunks(dt.date.fromordinal(first // 24), (last - first + 1) // 24)
+        return [
+            periods.period_chunk(self.freq, label, max(lo, first), min(hi, last), i)
+            for i, (label, lo, hi) in enumerate(
+                periods.window_at(self.freq, hour)
+                for hour in _starts(self.freq, first, last))
+        ]
+
+
+def _starts(unit: str, first: int, last: int) -> list[int]:
+    """One hour inside each period of ``unit`` that meets ``first..last``, in order."""
+    out = []
+    hour = first
+    while hour <= last:
+        out.append(hour)
+        end = periods.window_at(unit, hour)[2]
+        if end >= last:
+            break
+        hour = end + 1
+    return out
+
+
+def _parse_hour(name: str, value: str | dt.date, last: bool) -> int:
+    """An hour ordinal from ``YYYY-MM-DDTHH`` or a datetime, or from a day (its first or
+    last hour)."""
+    if isinstance(value, dt.datetime):
+        return value.date().toordinal() * 24 + value.hour
+    if isinstance(value, str) and "T" in value:
+        hour = periods.parse_hour(value)
+        if hour is None:
+            raise PlanError(
+                f"--{name} as an ISO day or hour (2024-01-03 or 2024-01-03T05) for DateRange(freq='hour')",
+                repr(value),
+                f"pass e.g. --{name} 2024-01-03T05",
+            )
+        return hour
+    return _parse_date("DateRange", name, value).toordinal() * 24 + (23 if last else 0)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ caller may pass any object with those four.
 Day chunks are keyed ``date=YYYY-MM-DD`` with fields ``date``, ``year``, ``month``
 (``YYYY-MM``) and ``day``, as :class:`distetl.model.plans.DateRange` makes them. Mappings
 that read upstream *days* from a window (:class:`CalendarWindow`,
-:class:`TrailingDays`) look them up by that key.
+:class:`TrailingDays`) look them up by that key; :class:`CalendarWindow` reads hours,
+months and quarters by their keys too (``hour=…``, ``month=…``, ``quarter=…``; see
+:mod:`distetl.model.periods`).
 
 Product keys (``date=2024-01-03/origin=EWR``, :class:`distetl.model.plans.Product`) are
 mapped along one dimension by :class:`Along` and lose one by :class:`Collapse`

@@ -33,11 +33,22 @@ def resolve_inputs(
 
     Raises:
         PlanError: If the mapping names upstream keys the upstream stage does not have
-            (the message names both stages, the first chunk and key, and how many), or a
-            chunk reads nothing and the mapping does not allow that.
+            (the message names both stages, the first chunk and key, and how many), a
+            chunk reads nothing and the mapping does not allow that, or the mapping
+            refuses a chunk (its message then starts with ``stage NAME``).
     """
     with _gc_paused():
-        return _resolve(mapping, chunks, upstream, stage, upstream_stage, input_name)
+        try:
+            return _resolve(mapping, chunks, upstream, stage, upstream_stage, input_name)
+        except PlanError as error:
+            if error.where and error.where.startswith(f"stage {stage}"):
+                raise
+            # A mapping's own refusal (a window that does not nest, …): say which stage.
+            inner = f", {error.where}" if error.where else ""
+            named = PlanError(error.expected, error.got, error.fix,
+                              where=f"stage {stage}" + (f", input {input_name}" if input_name else "")
+                              + f" (upstream {upstream_stage}){inner}")
+            raise named.with_traceback(error.__traceback__) from None
 
 
 def _resolve(
