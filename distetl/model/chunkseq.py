@@ -20,11 +20,8 @@ from typing import Any, Iterator, Optional, overload
 
 from distetl.model.chunks import Chunk
 
-<<<<<<< HEAD
-__all__ = ["ChunkSeq", "DimFields", "IdChunks", "DayChunks", "FileChunks", "IndexSet", "ProductChunks", "split_key"]
-=======
-__all__ = ["ChunkSeq", "IdChunks", "DayChunks", "HourChunks", "FileChunks", "IndexSet"]
->>>>>>> windows
+__all__ = ["ChunkSeq", "DimFields", "IdChunks", "DayChunks", "HourChunks", "FileChunks", "IndexSet", "ProductChunks",
+           "split_key"]
 
 
 class ChunkSeq(Sequence):
