@@ -16,7 +16,6 @@ def test_exported_names():
         "Input", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun",
         "Previous", "Product", "RunInterrupted", "RunReport", "RunnerSpec", "Source",
         "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
-        "status",
         "status", "__version__",
     ])
     for name in distetl.__all__:
