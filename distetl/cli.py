@@ -330,16 +330,16 @@ def _explain(planned: Any, key: str, console: Console) -> int:
         record = planned.records.get(p.name, {}).get(index)
         head = f"{p.name}:{key}"
         if index not in p.committed:
-            console.print(f"{head}: missing ({p.paths[index]} does not exist)")
+            console.print(f"{head}: missing ({p.paths[index]} does not exist)", highlight=False, soft_wrap=True)
             continue
         why = planned.stale.get(p.name, {}).get(index)
         state = f"stale ({why.cause}): {why.detail}" if why else "fresh"
-        console.print(f"{head}: {state}", highlight=False)
+        console.print(f"{head}: {state}", highlight=False, soft_wrap=True)
         if record is not None:
             console.print(f"  recorded: code version {record.version}, data version {record.data_version}, "
                           f"run {record.run_id[:8]}, produced {record.produced_at}, {record.rows} rows",
-                          highlight=False)
-        console.print(f"  current:  code version {planned.versions.get(p.name)}", highlight=False)
+                          highlight=False, soft_wrap=True)
+        console.print(f"  current:  code version {planned.versions.get(p.name)}", highlight=False, soft_wrap=True)
     if not found:
         keys = [c.key for p in planned.stages for c in p.chunks[:3]]
         raise DistetlError(f"a chunk key of this pipeline (e.g. {', '.join(keys)})", repr(key),

@@ -38,7 +38,7 @@ def test_malformed_date_says_the_expected_format():
 
 def test_unknown_freq_is_rejected():
     with pytest.raises(PlanError, match="freq"):
-        DateRange(start="2013-01-01", end="2013-01-02", freq="week").chunks()
+        DateRange(start="2013-01-01", end="2013-01-02", freq="fortnight").chunks()
 
 
 def test_with_params_converts_and_rejects_unknown_names():
