@@ -1,4 +1,5 @@
-"""Loading a pipeline from a flow file, so its code can travel to workers that never saw it."""
+"""Loading a pipeline from a flow file, so its code can travel to workers that never saw it;
+reading its plan parameters from the command line."""
 
 from __future__ import annotations
 
