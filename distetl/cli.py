@@ -91,24 +91,6 @@ def _base_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan_params(pipeline: Any, extra: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    plans = [s.plan for s in pipeline.all_stages if s.plan is not None]
-    names = list(dict.fromkeys(n for p in plans for n in p.param_names()))
-    group = argparse.ArgumentParser(prog="distetl run FLOW (plan parameters)", add_help=False)
-    for name in names:
-        default = next(getattr(p, name) for p in plans if name in p.param_names())
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                           help=f"plan parameter (default {default!r})")
-    known, unknown = group.parse_known_args(list(extra))
-    if unknown:
-        options = ", ".join(f"--{n.replace('_', '-')}" for n in names)
-        raise DistetlError(
-            f"options of distetl or of the plan ({options})", " ".join(unknown),
-            "check the spelling; `distetl run --help` lists distetl's options",
-        )
-    return {k: v for k, v in vars(known).items() if v is not None}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distetl`` command."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -146,11 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
     from distetl.engine import backfill
-    from distetl.engine.loader import load_pipeline
+    from distetl.engine.loader import load_pipeline, plan_params
     from distetl.storage import parse_storage_options
 
     pipeline = load_pipeline(args.flow)
-    params = _plan_params(pipeline, extra, None)
+    params = plan_params(pipeline, extra)
     options = parse_storage_options(args.storage_option)
     if args.command == "status":
         planned = backfill.status(pipeline, args.output, params, options, stages=args.stage)

@@ -55,7 +55,7 @@ MOVED: dict[str, str] = {
     "prefect_api": "engine.prefect_api",
     "watch": "engine.watch",
     "serve": "ops.serve",
-    "_serve": "ops.uvicorn_child",
+    "_serve": "engine.uvicorn_child",
     "alerts": "ops.alerts",
     "ui": "ops.ui",
     "clusters": "ops.clusters",
@@ -63,8 +63,11 @@ MOVED: dict[str, str] = {
 }
 _BY_NEW = {f"distetl.{new}": f"distetl.{old}" for old, new in MOVED.items()}
 _BY_NEW["distetl.state.results"] = "distetl.execute"  # ChunkResult and its statuses
+_BY_NEW["distetl.engine.clusters"] = "distetl.clusters"  # what the engine needs of cluster classes
+_BY_NEW["distetl.engine.servers"] = "distetl.ui"  # which Prefect servers are live on a database
+_BY_NEW["distetl.ops.schedules"] = "distetl.serve"  # serve's command line and schedules
 #: Modules that became packages of several modules.
-_SPLIT = ("distetl.storage", "distetl.model.mappings", "distetl.ops.serve")
+_SPLIT = ("distetl.storage", "distetl.model.mappings")
 
 
 def stable_module(name: str) -> str:

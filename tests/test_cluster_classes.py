@@ -229,7 +229,7 @@ def test_adaptive_scheduler_counts_an_unmeasured_batch_as_long(monkeypatch):
 def test_a_cluster_that_fails_to_close_does_not_lose_the_run(capsys):
     """A deployment library failing to tear down (dask-jobqueue's local mode does when a
     job never started) warns; the run's results, report and manifest stand."""
-    from distetl.ops.clusters import _keep_results_if_close_fails
+    from distetl.engine.clusters import _keep_results_if_close_fails
 
     class Broken:
         def close(self, timeout=None):

@@ -2,7 +2,10 @@
 
 The backfill (plan, decide, run, status), the Prefect flow and its batches, dispatch of
 ready chunks, the execution of one chunk on a worker, packing of flow code for remote
-workers, stop signals, progress, runners (local, remote, sequential), flow-file loading
-and the Prefect API helpers a run needs (the embedded server, run watching). May import
-every layer below it (errors, storage, model, state), never :mod:`distetl.ops` or the CLI.
+workers, stop signals, progress, runners (local, remote, sequential) and the clusters a
+run starts from a class (parsing, checking and building them), flow-file loading and
+plan parameters, and the Prefect API a run needs (the embedded server and the child
+process that ties it to its parent, the record of which servers are live on a database,
+run watching). May import every layer below it (errors, storage, model, state), never
+:mod:`distetl.ops` or the CLI.
 """

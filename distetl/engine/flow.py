@@ -36,6 +36,7 @@ from prefect import Flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
+from distetl.engine.clusters import planned_threads
 from distetl.engine.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
 from distetl.state.ledger import RunLedger
 from distetl.engine.loader import sources_for
@@ -432,8 +433,6 @@ def _backfill(run_key: str) -> Any:
     try:
         if client is not None:
             from prefect.task_runners import ThreadPoolTaskRunner
-
-            from distetl.ops.clusters import planned_threads
 
             # An adaptive (or still starting) cluster has fewer threads now than it will:
             # keep enough batches queued for the scheduler to scale it up.

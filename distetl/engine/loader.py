@@ -1,20 +1,23 @@
-"""Loading a pipeline from a flow file, so its code can travel to workers that never saw it."""
+"""Loading a pipeline from a flow file, so its code can travel to workers that never saw it;
+reading its plan parameters from the command line."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import os
 import re
 import sys
 from types import ModuleType
+from typing import Any, Sequence
 
 from dataclasses import dataclass
 
-from distetl.errors import ConfigError
+from distetl.errors import ConfigError, DistetlError
 from distetl.model.pipeline import Pipeline
 
-__all__ = ["FlowSource", "load_pipeline", "loaded_sources", "sources_for", "ensure_modules"]
+__all__ = ["FlowSource", "load_pipeline", "plan_params", "loaded_sources", "sources_for", "ensure_modules"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +149,34 @@ def load_pipeline(ref: str) -> Pipeline:
             "define `pipeline = Pipeline(...)` at module level",
         )
     return next(iter(candidates.values()))
+
+
+def plan_params(pipeline: Any, extra: Sequence[str]) -> dict[str, str]:
+    """The plan parameters given on the command line after distetl's own options
+    (``--start 2024-01-01``), for ``distetl run`` and ``distetl serve``.
+
+    Args:
+        pipeline: The loaded pipeline; its plans name the parameters they take.
+        extra: The arguments distetl's own parser did not know.
+
+    Returns:
+        Parameter name -> value (text), for the parameters given.
+
+    Raises:
+        DistetlError: On an argument that is neither distetl's nor a plan parameter.
+    """
+    plans = [s.plan for s in pipeline.all_stages if s.plan is not None]
+    names = list(dict.fromkeys(n for p in plans for n in p.param_names()))
+    group = argparse.ArgumentParser(prog="distetl run FLOW (plan parameters)", add_help=False)
+    for name in names:
+        default = next(getattr(p, name) for p in plans if name in p.param_names())
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                           help=f"plan parameter (default {default!r})")
+    known, unknown = group.parse_known_args(list(extra))
+    if unknown:
+        options = ", ".join(f"--{n.replace('_', '-')}" for n in names)
+        raise DistetlError(
+            f"options of distetl or of the plan ({options})", " ".join(unknown),
+            "check the spelling; `distetl run --help` lists distetl's options",
+        )
+    return {k: v for k, v in vars(known).items() if v is not None}

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from distetl.engine.servers import registered, running_ui
 from distetl.errors import ConfigError
 
 __all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer",
@@ -76,7 +77,7 @@ class EmbeddedServer:
         port: Port to bind; a free one when None.
         ui: Serve Prefect's UI too.
         tied: Stop the server when this process dies, however it dies (its stdin is a
-            pipe from this process; see :mod:`distetl.ops.uvicorn_child`). False for a server that
+            pipe from this process; see :mod:`distetl.engine.uvicorn_child`). False for a server that
             must outlive its starter (``distetl cluster up``).
         all_services: Run every Prefect server service. False (a per-run server) turns
             off those in :data:`BACKFILL_OFF_SERVICES`.
@@ -125,7 +126,7 @@ class EmbeddedServer:
             for service in BACKFILL_OFF_SERVICES:
                 env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
         log = open(self.home / "server.log", "ab")
-        launcher = ["-m", "distetl.ops.uvicorn_child", "uvicorn"] if self.tied else ["-m", "uvicorn"]
+        launcher = ["-m", "distetl.engine.uvicorn_child", "uvicorn"] if self.tied else ["-m", "uvicorn"]
         self.process = subprocess.Popen(
             [sys.executable, *launcher, "--factory", "prefect.server.api.server:create_app",
              "--host", self.host, "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
@@ -192,8 +193,6 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
             )
         url = given
     else:
-        from distetl.ops.ui import registered, running_ui
-
         database = (home or state_home()) / "prefect"
         url = running_ui(database) or ""  # a live `distetl ui` on this database: report there
         if not url:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from distetl.engine.clusters import check_cluster, cluster_conflicts, cluster_runner, threads_per_worker
 from distetl.errors import ClusterError, ConfigError
 
 __all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "local_cluster", "probe_cluster"]
@@ -98,8 +99,6 @@ class RunnerSpec:
         Raises:
             ConfigError: On conflicting or unknown options.
         """
-        from distetl.ops.clusters import cluster_conflicts
-
         env_scheduler = None if scheduler else os.environ.get(SCHEDULER_ENV) or None
         scheduler = scheduler or env_scheduler
         kind, workers, cluster_options, adapt = cluster_conflicts(
@@ -144,8 +143,6 @@ class RunnerSpec:
     def batch_threads(self) -> int:
         """Worker threads a cluster this run starts will have at most (adapt maximum, or
         its workers, times threads per worker): what batches are sized for."""
-        from distetl.ops.clusters import threads_per_worker
-
         workers = self.adapt["maximum"] if self.adapt else self.n_workers
         return max(1, workers * threads_per_worker(self.cluster_class, self.cluster_options))
 
@@ -166,7 +163,7 @@ class RunnerSpec:
         code (the shipped flow file and everything it imports).
 
         For a cluster the run starts (``cluster``, or ``local`` with options): the class
-        imports and accepts the options and ``adapt`` keys (:func:`distetl.ops.clusters.check_cluster`).
+        imports and accepts the options and ``adapt`` keys (:func:`distetl.engine.clusters.check_cluster`).
 
         Args:
             pipeline: The pipeline to check the workers can load (optional).
@@ -179,8 +176,6 @@ class RunnerSpec:
             ConfigError: A cluster class that does not import or rejects an option.
         """
         if self.kind == "cluster" or (self.kind == "local" and (self.cluster_options or self.adapt)):
-            from distetl.ops.clusters import check_cluster
-
             check_cluster(self.cluster_class, self.cluster_options, self.adapt)
             return None
         if self.kind != "remote":
@@ -225,8 +220,6 @@ class RunnerSpec:
                 performance_report_path=self.performance_report,
             )
         if self.kind == "cluster" or self.cluster_options or self.adapt:
-            from distetl.ops.clusters import cluster_runner
-
             return cluster_runner(self, performance_report_path=self.performance_report)
         return DaskTaskRunner(
             cluster_class=local_cluster,
@@ -384,8 +377,8 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> Cluster
     import cloudpickle
     from distributed import Client
 
-    import distetl
     from distetl.engine.loader import sources_for
+    from distetl.version import __version__
 
     try:
         identity = _identity(address, timeout)
@@ -429,7 +422,7 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> Cluster
         facts = client.run(_worker_facts_function())
         nthreads = client.nthreads()
         info = client.scheduler_info()
-        mine = f"{distetl.__version__}"
+        mine = f"{__version__}"
         here_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
         for worker, f in sorted(facts.items()):
             host = f.get("host", "?")

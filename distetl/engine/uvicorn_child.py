@@ -1,6 +1,6 @@
 """Run a Prefect API server (uvicorn) that stops when the process that started it dies.
 
-``python -m distetl.ops.uvicorn_child uvicorn ARGS…``: ``ARGS`` go to uvicorn. The parent holds the
+``python -m distetl.engine.uvicorn_child uvicorn ARGS…``: ``ARGS`` go to uvicorn. The parent holds the
 write end of this process's stdin; when the parent exits -- even by SIGKILL -- stdin
 reads end-of-file and the server shuts down gracefully (SIGTERM to itself), so a killed
 driver does not leave its embedded Prefect server running.
