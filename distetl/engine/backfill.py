@@ -540,14 +540,18 @@ def _execute(
                                       "report this: the stage selection lost an upstream stage")
                 roots[item.name] = dataset_root(plans[item.upstream].stage.target, output)
             inputs, fingerprints = [], []
+            in_batch = set(indexes)
             for i in indexes:
                 by_name: dict[str, list[str]] = {}
                 sent: dict[str, Any] = {source_key(n): v for n, v in sources.items()}
                 for item, reads in links:
                     upstream = plans[item.upstream]
                     by_name[item.name] = [upstream.paths[u] for u in reads[i]]
+                    own = item.upstream == plan.name
                     for u in reads[i]:
-                        sent[fingerprint_key(plan.stage, item.name, upstream.chunks[u].key)] = version_of(upstream, u)
+                        # A predecessor in the same chain segment: the worker knows its version once written.
+                        version = ["?", upstream.paths[u]] if own and u in in_batch else version_of(upstream, u)
+                        sent[fingerprint_key(plan.stage, item.name, upstream.chunks[u].key)] = version
                 inputs.append(by_name)
                 fingerprints.append(sent)
         elif sources:

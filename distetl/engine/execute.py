@@ -579,10 +579,23 @@ def run_batch(
     stage = job.pipeline.stage(job.stage) if job.stage else job.pipeline
     name = job.stage
     results = []
+    #: This batch's chunks by path: their outcome and data version (a chain segment's
+    #: links read their predecessors in the same batch).
+    here = {path: chunk.key for chunk, path in job.chunks}
+    outcome: dict[str, tuple[str, Optional[str]]] = {}
     for n, (chunk, path) in enumerate(job.chunks):
+        before = _unfinished_input(job, n, here, outcome)
+        record = None
         if should_stop is not None and should_stop():
             result = ChunkResult(key=chunk.key, path=path, status=NOT_RUN, stage=name,
                                  error="not started: the run was stopped")
+        elif before is not None:
+            status, key = before
+            result = ChunkResult(
+                key=chunk.key, path=path, stage=name, worker=_worker_name(),
+                status=NOT_RUN if status == NOT_RUN else BLOCKED,
+                error=("not started: the run was stopped" if status == NOT_RUN else
+                       f"blocked: its input {name}:{key} failed; rerun after fixing that chunk"))
         elif not job.force and storage.exists(path):
             result = ChunkResult(key=chunk.key, path=path, status=SKIPPED, stage=name, worker=_worker_name())
         else:
@@ -591,9 +604,10 @@ def run_batch(
                                    inputs=inputs, input_root=job.input_root, stage=name,
                                    input_roots=job.input_roots, sources=job.sources)
             sent = job.fingerprints[n] if job.fingerprints is not None else None
-            record = _chunk_record(job.record, chunk, inputs, storage, sent) if job.record else None
+            record = _chunk_record(job.record, chunk, inputs, storage, sent, outcome) if job.record else None
             result = run_chunk(stage, chunk, path, storage, context, force=job.force,
                                should_stop=should_stop, watch_stop=watch_stop, record=record)
+        outcome[path] = (result.status, record["data_version"] if result.status == WRITTEN and record else None)
         results.append(result)
         report(result)
     flush = getattr(report, "flush", None)
@@ -602,8 +616,25 @@ def run_batch(
     return results
 
 
+def _unfinished_input(job: BatchJob, n: int, here: Mapping[str, str],
+                      outcome: Mapping[str, tuple[str, Optional[str]]]) -> Optional[tuple[str, str]]:
+    """The first input of chunk ``n`` that is an earlier chunk of this batch and was not
+    committed (its status and key), or None."""
+    if job.inputs is None or len(here) < 2:
+        return None
+    reads = job.inputs[n]
+    paths = (p for group in reads.values() for p in group) if isinstance(reads, Mapping) else reads
+    for path in paths:
+        if path in here:
+            status = outcome.get(path, (NOT_RUN, None))[0]
+            if status not in (WRITTEN, SKIPPED):
+                return status, here[path]
+    return None
+
+
 def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], storage: Storage,
-                  sent: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                  sent: Optional[Mapping[str, Any]] = None,
+                  produced: Optional[Mapping[str, tuple[str, Optional[str]]]] = None) -> dict[str, Any]:
     """A chunk's record before it runs: the stage's shared fields, the chunk's key and
     its inputs' fingerprints (a source file's stamp from the plan's listing; each
     upstream chunk's data version, sent by the driver, or read from the file's footer
@@ -612,8 +643,12 @@ def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], 
     if sent is not None:
         for key, value in sent.items():
             if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == "?":
-                upstream = read_record(storage, value[1])  # not known to the driver: from the footer
-                value = upstream.data_version if upstream is not None else None
+                known = (produced or {}).get(value[1], (None, None))[1]  # written earlier in this batch
+                if known is not None:
+                    value = known
+                else:
+                    upstream = read_record(storage, value[1])  # not known to the driver: from the footer
+                    value = upstream.data_version if upstream is not None else None
             fingerprints[key] = value
     else:
         for url in inputs:

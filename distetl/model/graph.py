@@ -292,6 +292,25 @@ class ReadyTracker:
         ready = self.ready[name]
         return [ready.popleft() for _ in range(min(limit, len(ready)))]
 
+    def chain_segment(self, name: str, head: int, limit: int) -> list[int]:
+        """``head`` and the links after it in its chain that wait on nothing else, in
+        chain order, up to ``limit`` chunks: a segment one batch runs in order.
+
+        A link waiting only on its predecessor in the segment is taken out of the waiting
+        list (it is in flight); the batch reports it blocked itself if its predecessor
+        fails. Links that also wait on another stage's chunk stay waiting.
+        """
+        out = [head]
+        while len(out) < limit:
+            last = (name, out[-1])
+            successor = next((r for r in self.readers.get(last, ()) if r[0] == name and self.waiting.get(r) == 1),
+                             None)
+            if successor is None:
+                break
+            del self.waiting[successor]
+            out.append(successor[1])
+        return out
+
     def ready_count(self, name: str) -> int:
         return len(self.ready[name])
 
