@@ -574,7 +574,9 @@ def _execute(
             super().done(job, results)
 
         def landed(self, name: str, index: int, result: ChunkResult) -> None:
-            if name in read_stages and result.status == WRITTEN and result.record:
+            # Kept only while a chunk waits to read it (memory follows what is in flight).
+            if name in read_stages and result.status == WRITTEN and result.record \
+                    and self.tracker.readers.get((name, index)):
                 fresh[(name, index)] = json.loads(result.record).get("data_version")
 
     source = _Source(planned.stages, planned.need, make_job, workers, chunks_per_task)
