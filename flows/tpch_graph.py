@@ -81,7 +81,7 @@ class GraphParts(Plan):
     sf: float = 0.1
     parts: int = 4
 
-    kind: ClassVar[str] = "tpch-parts"
+    kind: ClassVar[str] = "tpch"
 
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
         _check(self.sf, self.parts)
@@ -108,7 +108,7 @@ class TableWhole(Plan):
     sf: float = 0.1
     parts: int = 4
 
-    kind: ClassVar[str] = "tpch-table"
+    kind: ClassVar[str] = "tpch"
     table: ClassVar[str] = ""
 
     def chunks(self, storage_options: Mapping[str, Any] | None = None) -> list[Chunk]:
