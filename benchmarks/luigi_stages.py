@@ -1,7 +1,9 @@
 """The ``stages`` workload on Luigi: the same graph, the same per-chunk functions.
 
 One Luigi task per chunk: ``DayTask(date)`` → ``CleanTask(date)`` (requires its
-``DayTask``) → ``MonthTask(month)`` (requires the ``CleanTask`` of each of its days).
+``DayTask``) → ``MonthTask(month)`` (requires the ``CleanTask`` of each of its days);
+``DimTask()`` (one); ``JoinTask(date)`` (requires its ``DayTask``, its ``CleanTask`` and
+the ``DimTask``).
 Each task's output is a ``LocalTarget`` at the path distetl's target template gives
 the chunk, so the two outputs have the same layout. Each task calls the very functions
 the distetl stages use (:mod:`stages_workload`):
@@ -12,12 +14,15 @@ the distetl stages use (:mod:`stages_workload`):
   :class:`~distetl.ChunkContext` naming its day's file, then ``clean_transform``;
 * ``MonthTask``: the same ``read_inputs`` over the month's clean files, then
   ``month_transform``;
+* ``DimTask``: ``dim_extract(chunk)``;
+* ``JoinTask``: ``join_extract(chunk, ctx)`` with a context naming its three inputs'
+  files (``days``, ``clean``, ``dim``), as distetl's;
 
 then casts to the stage's schema and writes Parquet with pyarrow (snappy, as distetl)
 through ``LocalTarget.temporary_path()`` (an atomic rename; distetl's commit also
 fsyncs, which Luigi's does not).
 
-Run as ``luigi.build([MonthTask(m) for m in months], local_scheduler=True, workers=2)``:
+Run as ``luigi.build(month_tasks + join_tasks, local_scheduler=True, workers=2)``:
 Luigi's own scheduler in the driver, two worker processes (Luigi forks one process per
 task when it has more than one worker).
 """
@@ -34,11 +39,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distetl import Chunk, ChunkContext
+from distetl.engine.execute import InputFiles
 from distetl.model.stages import read_inputs
 
 import stages_workload as sw
 
-__all__ = ["CleanTask", "DayTask", "MonthTask", "run_luigi"]
+__all__ = ["CleanTask", "DayTask", "DimTask", "JoinTask", "MonthTask", "run_luigi"]
 
 
 def _write(frame: pd.DataFrame, schema: pa.Schema, target: luigi.LocalTarget) -> None:
@@ -112,6 +118,46 @@ class MonthTask(luigi.Task):
         _write(sw.month_transform(read_inputs(chunk, ctx)), sw.MONTHLY_SCHEMA, self.output())
 
 
+class DimTask(luigi.Task):
+    """The one-chunk dimension."""
+
+    root = luigi.Parameter()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(sw.TARGETS["dim"].format(output=self.root, part="all"))
+
+    def run(self) -> None:
+        chunk = Chunk(key="part=all", fields={"part": "all"}, index=0)
+        _write(sw.dim_extract(chunk), sw.DIM_SCHEMA, self.output())
+
+
+class JoinTask(luigi.Task):
+    """One day of the joined stage, from its day, its clean day and the dimension."""
+
+    date = luigi.Parameter()
+    root = luigi.Parameter()
+
+    def requires(self) -> dict[str, luigi.Task]:
+        return {"days": DayTask(date=self.date, root=self.root), "clean": CleanTask(date=self.date, root=self.root),
+                "dim": DimTask(root=self.root)}
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(sw.TARGETS["joined"].format(output=self.root, date=self.date))
+
+    def run(self) -> None:
+        chunk = _day_chunk(self.date)
+        inputs = InputFiles({name: [target.path] for name, target in self.input().items()})
+        ctx = ChunkContext(chunk=chunk, output=self.root, inputs=inputs, input_root=f"{self.root}/days",
+                           input_roots={name: f"{self.root}/{name}" for name in inputs.by_name}, stage="joined")
+        _write(sw.join_extract(chunk, ctx), sw.JOIN_SCHEMA, self.output())
+
+
+def join_tasks(days: int, root: str) -> list[JoinTask]:
+    """One JoinTask per day of a root stage of ``days`` days."""
+    first = sw.START
+    return [JoinTask(date=(first + dt.timedelta(days=d)).isoformat(), root=root) for d in range(days)]
+
+
 def month_tasks(days: int, root: str) -> list[MonthTask]:
     """The graph's sinks: one MonthTask per month of a root stage of ``days`` days."""
     first, last = sw.START, sw.end_date(days)
@@ -126,8 +172,8 @@ def run_luigi(w: Any, days: int, exclude: Sequence[int] = (), workers: int = 2) 
     from benchlib import Measurement, _measure
 
     output = w.output("luigi")
-    sinks = month_tasks(days, output)
-    chunks = len(sinks) + 2 * days
+    sinks = month_tasks(days, output) + join_tasks(days, output)
+    chunks = len(sinks) + 2 * days + 1  # + the days, the clean days and the dimension
 
     def body() -> Measurement:
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The ``stages`` workload: a three-stage graph of tiny day chunks (days → clean → monthly).
+"""The ``stages`` workload: a graph of tiny day chunks (days → clean → monthly, and a join).
 
 * ``days``: the root stage, one chunk per day of a :class:`~distetl.DateRange`, each
   :data:`~workloads.TINY_ROWS` rows (the tiny workload's extract, keyed by the day), one
@@ -9,6 +9,12 @@
 * ``monthly``: one chunk per calendar month (:class:`~distetl.CalendarWindow`), reading
   that month's ``clean`` days: per day its rows and the sum of ``value``,
   ``{output}/monthly/month={month}/part-0.parquet``.
+* ``dim``: a one-chunk dimension (:data:`BUCKETS` bucket names),
+  ``{output}/dim/part=all/part-0.parquet``.
+* ``joined``: one chunk per day, a join of two partitioned inputs and the dimension:
+  its day of ``days`` (Identity), its day of ``clean`` (Identity) and all of ``dim``
+  (:class:`~distetl.AllChunks`): per row the raw and clean values and the bucket's name,
+  ``{output}/joined/date={date}/part-0.parquet``.
 
 The per-chunk functions are plain module-level functions, so every variant uses the very
 same ones: distetl ships them to Dask workers by reference (``benchmarks/`` is on every
@@ -33,19 +39,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distetl import CalendarWindow, Chunk, DateRange, Identity, Pipeline, Stage
+from distetl import AllChunks, CalendarWindow, Chunk, ChunkList, DateRange, Identity, Input, Pipeline, Stage
 
 __all__ = [
-    "CLEAN_SCHEMA", "DAY_ROWS", "DAY_SCHEMA", "MONTHLY_SCHEMA", "STAGES", "START", "TARGETS", "clean_transform",
-    "day_extract", "days_pipeline", "end_date", "month_days", "month_transform", "months", "run_by_stage",
-    "stage_breakdown", "stage_rows", "stages_pipeline",
+    "BUCKETS", "CLEAN_SCHEMA", "DAY_ROWS", "DAY_SCHEMA", "DIM_SCHEMA", "JOIN_SCHEMA", "MONTHLY_SCHEMA", "STAGES",
+    "START", "TARGETS", "clean_transform", "day_extract", "days_pipeline", "dim_extract", "end_date", "join_extract",
+    "month_days", "month_transform", "months", "run_by_stage", "stage_breakdown", "stage_rows", "stages_pipeline",
 ]
 
 #: The first day of the root stage; the last is ``START + days - 1``.
 START = dt.date(2000, 1, 1)
 
 #: The stages, upstream first.
-STAGES = ("days", "clean", "monthly")
+STAGES = ("days", "clean", "monthly", "dim", "joined")
 
 #: Rows per day (the tiny workload's chunk size).
 DAY_ROWS = 20
@@ -53,12 +59,20 @@ DAY_ROWS = 20
 DAY_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])
 CLEAN_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])
 MONTHLY_SCHEMA = pa.schema([("date", pa.string()), ("rows", pa.int64()), ("value_sum", pa.float64())])
+DIM_SCHEMA = pa.schema([("bucket", pa.int64()), ("bucket_name", pa.string())])
+JOIN_SCHEMA = pa.schema([("id", pa.int64()), ("bucket_name", pa.string()), ("value_raw", pa.float64()),
+                         ("value_clean", pa.float64())])
+
+#: Rows of the one-chunk dimension (row *id* falls in bucket ``id % BUCKETS``).
+BUCKETS = 10
 
 #: Target templates, relative to the output root.
 TARGETS = {
     "days": "{output}/days/date={date}/part-0.parquet",
     "clean": "{output}/clean/date={date}/part-0.parquet",
     "monthly": "{output}/monthly/month={month}/part-0.parquet",
+    "dim": "{output}/dim/part={part}/part-0.parquet",
+    "joined": "{output}/joined/date={date}/part-0.parquet",
 }
 
 
@@ -87,6 +101,23 @@ def month_transform(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"rows": grouped.size(), "value_sum": grouped["value"].sum()}).reset_index()
 
 
+def dim_extract(chunk: Chunk) -> pd.DataFrame:
+    """The dimension: :data:`BUCKETS` bucket names."""
+    return pd.DataFrame({"bucket": np.arange(BUCKETS, dtype="int64"),
+                         "bucket_name": [f"bucket-{b:02d}" for b in range(BUCKETS)]})
+
+
+def join_extract(chunk: Chunk, ctx: Any) -> pd.DataFrame:
+    """A day's raw rows joined with its clean rows and the bucket names."""
+    raw = ctx.read_inputs("days", ["id", "value"])
+    clean = ctx.read_inputs("clean", ["id", "value"])
+    dim = ctx.read_inputs("dim", ["bucket", "bucket_name"])
+    out = raw.merge(clean, on="id", suffixes=("_raw", "_clean"))
+    out["bucket"] = out["id"] % BUCKETS
+    out = out.merge(dim, on="bucket").sort_values("id")
+    return out[JOIN_SCHEMA.names]
+
+
 # -- the pipelines -------------------------------------------------------------------------
 
 
@@ -106,14 +137,19 @@ def _days_stage(days: int) -> Stage:
 
 
 def stages_pipeline(days: int, name: str = "stages") -> Pipeline:
-    """days → clean (identity) → monthly (calendar month), ``days`` day chunks."""
+    """days → clean (identity) → monthly (calendar month), ``days`` day chunks; dim (one
+    chunk); joined (per day: days, clean and all of dim)."""
     days_stage = _days_stage(days)
     clean = Stage(name="clean", upstream=days_stage, mapping=Identity(), transform=clean_transform,
                   schema=CLEAN_SCHEMA, target=TARGETS["clean"])
     monthly = Stage(name="monthly", upstream=clean, mapping=CalendarWindow("month"), transform=month_transform,
                     schema=MONTHLY_SCHEMA, target=TARGETS["monthly"])
-    return Pipeline(name=name, stages=[days_stage, clean, monthly],
-                    description=f"{days} tiny days → clean → monthly")
+    dim = Stage(name="dim", plan=ChunkList(["all"], key_field="part"), extract=dim_extract, schema=DIM_SCHEMA,
+                target=TARGETS["dim"])
+    joined = Stage(name="joined", inputs={"days": days_stage, "clean": clean, "dim": Input(dim, AllChunks())},
+                   extract=join_extract, schema=JOIN_SCHEMA, target=TARGETS["joined"])
+    return Pipeline(name=name, stages=[days_stage, clean, monthly, dim, joined],
+                    description=f"{days} tiny days → clean → monthly; days + clean + dim → joined")
 
 
 def days_pipeline(days: int, name: str = "stages_days") -> Pipeline:
@@ -207,7 +243,7 @@ def run_by_stage(w: Any, exclude: Sequence[int] = (), stages: Sequence[str] = ST
                  output: Optional[str] = None) -> Any:
     """One ``distetl.run(..., stages=[name])`` per stage, upstream first, into one fresh
     output: the way to run a graph with a barrier after every stage. Wall, cluster and
-    phase time are those of the three runs together (each starts and closes its own
+    phase time are those of the runs together (each starts and closes its own
     LocalCluster); ``notes["runs"]`` has each run's."""
     import distetl
 

@@ -1,4 +1,5 @@
-"""A graph of stages: days → clean (identity) → monthly (calendar month), tiny chunks.
+"""A graph of stages: days → clean (identity) → monthly (calendar month), and a join:
+joined (per day: its days, its clean day and all of the one-chunk dim), tiny chunks.
 
 Same per-chunk functions (:mod:`stages_workload`) in every variant, each variant in a
 fresh process:
@@ -6,10 +7,11 @@ fresh process:
 * ``distetl``: the whole graph in one run (one flow, no barrier between stages);
 * ``distetl_rerun``: the same run again over the committed graph;
 * ``distetl_by_stage``: one run per stage (``stages=["days"]``, then ``["clean"]``,
-  then ``["monthly"]``) into a fresh output: a barrier after each stage;
+  ``["monthly"]``, ``["dim"]``, ``["joined"]``) into a fresh output: a barrier after
+  each stage;
 * ``luigi``: one Luigi task per chunk, ``local_scheduler=True``, 2 workers,
   ``LocalTarget`` outputs (:mod:`luigi_stages`); in quick mode on the graph of the
-  first ``Sizes.stage_luigi_days`` days (1,000: 2,033 chunks) only, a sample: Luigi's
+  first ``Sizes.stage_luigi_days`` days (700: 2,124 chunks) only, a sample: Luigi's
   scheduler sorts every pending task on each request for work, so its cost per task
   grows with the graph and its throughput on the sample is higher than on the whole
   graph (the check against it is the stricter for it); full mode runs it on the whole
@@ -26,7 +28,7 @@ same files and rows per stage (Luigi's: those of its graph).
 from __future__ import annotations
 
 from benchlib import WORKERS, discard, measure
-from stages_workload import DAY_ROWS, STAGES, end_date, months, stage_rows, START
+from stages_workload import BUCKETS, DAY_ROWS, STAGES, end_date, months, stage_rows, START
 
 
 def _overhead_ms(phase_s: float, compute_s: float, chunks: int) -> float:
@@ -41,11 +43,11 @@ def test_stage_graph(bench, sizes, bench_root, prefect_server):
     name = "stages"
     days = sizes.stage_days
     n_months = len(months(START, end_date(days)))
-    per_stage = {"days": days, "clean": days, "monthly": n_months}
+    per_stage = {"days": days, "clean": days, "monthly": n_months, "dim": 1, "joined": days}
     total = sum(per_stage.values())
     spec = {"name": name, "kind": "stages", "days": days, "root": str(bench_root)}
     luigi_days = min(sizes.stage_luigi_days or days, days)
-    luigi_total = 2 * luigi_days + len(months(START, end_date(luigi_days)))
+    luigi_total = 3 * luigi_days + len(months(START, end_date(luigi_days))) + 1
 
     dist = bench.add(measure(spec, "distetl"))
     rerun = bench.add(measure(spec, "distetl", output=dist.notes["output"], label="distetl_rerun"))
@@ -68,7 +70,8 @@ def test_stage_graph(bench, sizes, bench_root, prefect_server):
     # Same files and rows per stage in distetl's one run, its stage-by-stage run and Luigi's.
     def expected(d: int) -> dict:
         return {"days": {"files": d, "rows": d * DAY_ROWS}, "clean": {"files": d, "rows": d * DAY_ROWS},
-                "monthly": {"files": len(months(START, end_date(d))), "rows": d}}
+                "monthly": {"files": len(months(START, end_date(d))), "rows": d},
+                "dim": {"files": 1, "rows": BUCKETS}, "joined": {"files": d, "rows": d * DAY_ROWS}}
 
     for m, d in ((dist, days), (by_stage, days), (luigi, luigi_days)):
         found = stage_rows(m.notes["output"])
@@ -84,11 +87,13 @@ def test_stage_graph(bench, sizes, bench_root, prefect_server):
     def fig(label: str, value: object) -> None:
         bench.figure(name, label, value)
 
-    fig("chunks (days + clean + monthly)", f"{days} + {days} + {n_months} = {total}")
+    fig("chunks (days + clean + monthly + dim + joined)", f"{days} + {days} + {n_months} + 1 + {days} = {total}")
     fig("distetl one run s (wall / cluster up)", f"{dist.wall_s:.2f} / {dist.phase_s:.2f}")
     fig("distetl one run ms/chunk (wall)", round(dist.wall_s / total * 1000, 3))
     fig("distetl by stage s (wall / cluster up)", f"{by_stage.wall_s:.2f} / {by_stage.phase_s:.2f}")
-    fig("Luigi chunks (its graph)", f"{luigi_days} + {luigi_days} + {luigi_total - 2 * luigi_days} = {luigi_total}")
+    luigi_months = luigi_total - 3 * luigi_days - 1
+    fig("Luigi chunks (its graph)",
+        f"{luigi_days} + {luigi_days} + {luigi_months} + 1 + {luigi_days} = {luigi_total}")
     fig("Luigi s", round(luigi.wall_s, 2))
     fig("Luigi ms/chunk", round(luigi.wall_s / luigi_total * 1000, 2))
 

@@ -39,12 +39,13 @@ class Sizes:
         resume_chunks: Committed chunks the resume workload reruns over.
         naive_nyc_sample: Days the naive Prefect variant runs of the nycflights year.
         s3_rerun_chunks: Finished chunks on S3 the S3 rerun lists.
-        stage_days: Day chunks of the root stage of the three-stage ``stages`` workload
-            (as many again in its identity stage, plus one chunk per month). Full mode
-            stops at 5,000 days (10,165 chunks): Luigi's scheduler sorts every pending
-            task on each request for work, so its cost per task grows with the graph.
+        stage_days: Day chunks of the root stage of the ``stages`` workload (as many
+            again in its identity stage and in its join, plus one chunk per month and
+            the one-chunk dimension). Full mode stops at 5,000 days (15,166 chunks):
+            Luigi's scheduler sorts every pending task on each request for work, so its
+            cost per task grows with the graph.
         stage_luigi_days: Days of the graph the Luigi variant of ``stages`` runs (0:
-            the whole graph). Quick mode runs the first 1,000 days' graph (2,033 chunks),
+            the whole graph). Quick mode runs the first 700 days' graph (2,124 chunks),
             a sample on which Luigi's throughput is higher than on the whole graph.
         scale_dry_chunks: Chunks of the ``scale`` workload's dry run (plan only).
         scale_run_chunks: Tiny-chunk run sizes of the ``scale`` workload whose driver
@@ -83,7 +84,7 @@ class Sizes:
 
 QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
               dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
-              stage_days=2_000, stage_luigi_days=1_000, scale_dry_chunks=1_000_000,
+              stage_days=2_000, stage_luigi_days=700, scale_dry_chunks=1_000_000,
               scale_run_chunks=(10_000, 100_000), scale_loop_sample=2_000, scale_big_run_chunks=0,
               big_chunk_pieces=40, big_chunk_piece_rows=419_430)
 FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,

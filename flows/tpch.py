@@ -33,7 +33,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -72,30 +72,41 @@ def _tpchgen() -> str:
     return found
 
 
-def ensure_tpch(sf: float, parts: int, root: Optional[Path] = None) -> Path:
-    """Generate TPC-H ``lineitem`` and ``orders`` as Parquet parts unless already cached.
+def _has_table(folder: Path, table: str) -> bool:
+    """Whether ``folder`` holds a generated ``table`` (a table's folder only ever appears
+    complete: it is generated elsewhere and renamed into place)."""
+    return any((folder / table).glob(f"{table}.*.parquet"))
+
+
+def ensure_tpch(sf: float, parts: int, root: Optional[Path] = None,
+                tables: Sequence[str] = TABLES) -> Path:
+    """Generate TPC-H tables as Parquet parts unless already cached.
 
     Generation goes to a temporary sibling folder, renamed into place when complete, so
-    an interrupted generation is never mistaken for a finished one.
+    an interrupted generation is never mistaken for a finished one. Tables missing from
+    an existing cache folder (``customer`` where only ``lineitem`` and ``orders`` were
+    generated) are generated alone and each table's folder is renamed into it.
 
     Args:
         sf: TPC-H scale factor (1 is about 6M line items).
-        parts: Files per table.
+        parts: Files per table (small tables such as ``nation`` get one file).
         root: Cache root (default :func:`cache_dir`).
+        tables: The tables needed (default ``lineitem`` and ``orders``).
 
     Returns:
-        The folder holding ``lineitem/`` and ``orders/``.
+        The folder holding one sub-folder per table (``lineitem/``, ``orders/``, ...).
 
     Raises:
         ConfigError: If tpchgen-cli is missing or fails.
     """
     root = Path(root) if root is not None else cache_dir()
     final = root / f"sf{_sf_label(sf)}-p{parts}"
-    if all((final / t / f"{t}.{parts}.parquet").exists() for t in TABLES):
+    missing = [t for t in tables if not _has_table(final, t)]
+    if not missing:
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    cmd = [_tpchgen(), "parquet", "-s", f"{sf:g}", "--tables", ",".join(TABLES), "--parts", str(parts),
+    cmd = [_tpchgen(), "parquet", "-s", f"{sf:g}", "--tables", ",".join(missing), "--parts", str(parts),
            "-o", str(tmp), "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -104,10 +115,17 @@ def ensure_tpch(sf: float, parts: int, root: Optional[Path] = None) -> Path:
             f"tpchgen-cli to generate SF {sf:g} in {parts} parts", (done.stderr or done.stdout)[-500:],
             "check the scale factor, the parts and the free disk space",
         )
-    if final.exists():  # a concurrent generation finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    if not final.exists():
+        try:
+            os.replace(tmp, final)
+            return final
+        except OSError:  # a concurrent generation created it meanwhile: move table by table
+            pass
+    for table in missing:
+        if not _has_table(final, table):  # else a concurrent generation finished it first
+            shutil.rmtree(final / table, ignore_errors=True)
+            os.replace(tmp / table, final / table)
+    shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -298,7 +298,7 @@ def _small_params(flow: Path, plan: distetl.Plan) -> dict:
 
 
 def test_there_are_flows():
-    assert {p.name for p in FLOWS} >= {"nycflights.py", "nycflights_rollups.py", "tpch.py"}
+    assert {p.name for p in FLOWS} >= {"nycflights.py", "nycflights_rollups.py", "tpch.py", "tpch_graph.py"}
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[p.stem for p in FLOWS])
