@@ -29,7 +29,7 @@ from distetl.model.partitions import check_schema, dataset_root
 from distetl.model.pipeline import Pipeline
 from distetl.model.plans import Plan
 from distetl.engine.prefect_api import quiet_prefect_env
-from distetl.engine.runners import RunnerSpec
+from distetl.engine.runners import EarlyCluster, RunnerSpec
 from distetl.engine.stopping import RunInterrupted, StopSignal
 from distetl.model.graph import StageGraph, StagePlan, check_distinct_paths, decide
 from distetl.state.records import ChunkRecord, StageIndex, StageRecords
@@ -587,25 +587,43 @@ def _execute(
         landed.setdefault((event.get("stage") or "", event["key"]), event)
         live.chunk(event)
 
-    with prefect_api() as api_url:
-        report.prefect_api = api_url
-        watch = Watch(console, report)  # prints the flow run's page and the Dask dashboard
-        with live:
-            outcome = run_flow(
-                planned.pipeline, source, spec.task_runner(), live.settle, on_chunk,
-                flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
-                stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=watch.flow_run(on_flow_run),
-                on_dashboard=watch.dashboard, record_paths=report.record_paths()[::-1], ledger=ledger,
-            )
-            for (name, index), cause in source.blocked.items():
-                live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED}, remember=False)
-        report.task_runs = len(outcome.task_run_ids)
-        report.task_runs_recorded = wait_for_task_runs(outcome.task_run_ids, timeout=record_timeout)
+    early = EarlyCluster(spec, planned.to_run) if EarlyCluster.applies(spec) else None
+    try:
+        with prefect_api() as api_url:
+            report.prefect_api = api_url
+            outcome = _flow(planned, spec, early, source, live, on_chunk, report, console, stop, on_flow_run, ledger,
+                            run_flow, Watch)
+            if early is not None:
+                early.close()  # before waiting for Prefect to record the task runs, as the runner did
+            report.task_runs = len(outcome.task_run_ids)
+            report.task_runs_recorded = wait_for_task_runs(outcome.task_run_ids, timeout=record_timeout)
+    finally:
+        if early is not None:
+            early.close()
     report.flow_run_id = outcome.flow_run_id
     report.flow_state = outcome.state
     report.flow_state_message = outcome.state_message
     report.restarted_workers = outcome.restarted_workers
     _settle_unreported(planned, source, landed, ledger, stop is not None and stop.stopped)
+
+
+def _flow(planned: PlannedRun, spec: RunnerSpec, early: Any, source: Any, live: Any, on_chunk: Any,
+          report: RunReport, console: Console, stop: Any, on_flow_run: Any, ledger: RunLedger,
+          run_flow: Any, Watch: Any) -> Any:
+    """The flow run itself (on the early cluster when there is one); returns its outcome."""
+    plans = {p.name: p for p in planned.stages}
+    watch = Watch(console, report)  # prints the flow run's page and the Dask dashboard
+    with live:
+        outcome = run_flow(
+            planned.pipeline, source, early.task_runner() if early is not None else spec.task_runner(),
+            live.settle, on_chunk,
+            flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
+            stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=watch.flow_run(on_flow_run),
+            on_dashboard=watch.dashboard, record_paths=report.record_paths()[::-1], ledger=ledger,
+        )
+        for (name, index), cause in source.blocked.items():
+            live.chunk({"key": plans[name].chunks[index].key, "stage": name, "status": BLOCKED}, remember=False)
+    return outcome
 
 
 def _settle_unreported(planned: PlannedRun, source: Any, landed: dict[tuple[str, str], dict[str, Any]],

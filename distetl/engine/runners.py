@@ -465,3 +465,68 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> Cluster
                     )
         dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
         return ClusterFacts(address=address, workers=facts, dashboard=dashboard)
+
+
+class EarlyCluster:
+    """A local Dask cluster started in a thread while the Prefect server starts.
+
+    A run's fixed cost used to be the server's start, then the cluster's start, one after
+    the other; started side by side they cost the longer of the two. SIGINT is ignored
+    while the worker processes spawn (they inherit that disposition: a terminal's Ctrl-C
+    reaches the whole process group, and the driver stops the run itself); the previous
+    handler comes back in :meth:`task_runner`, so a Ctrl-C during start-up is lost, as it
+    was during the cluster's start before.
+
+    Args:
+        spec: A ``local`` runner spec without cluster options.
+        chunks: Chunks to run: no more worker processes than that are started.
+    """
+
+    def __init__(self, spec: "RunnerSpec", chunks: int):
+        import signal
+
+        self.spec = spec
+        self.cluster: Any = None
+        self.error: Optional[BaseException] = None
+        main = threading.current_thread() is threading.main_thread()
+        self._previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        self._thread = threading.Thread(target=self._start, args=(max(1, min(spec.n_workers, chunks)),),
+                                        name="distetl-early-cluster", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def applies(spec: "RunnerSpec") -> bool:
+        """Whether a spec runs on a plain local cluster this can start."""
+        return spec.kind == "local" and not spec.cluster_options and not spec.adapt
+
+    def _start(self, n_workers: int) -> None:
+        try:
+            self.cluster = local_cluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                         host="127.0.0.1", dashboard_address=":0")
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self.error = exc
+
+    def _joined(self) -> None:
+        import signal
+
+        self._thread.join()
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def task_runner(self) -> Any:
+        """A Prefect task runner on the started cluster (waits for it)."""
+        from prefect_dask import DaskTaskRunner
+
+        self._joined()
+        if self.error is not None:
+            raise self.error
+        return DaskTaskRunner(address=self.cluster.scheduler_address,
+                              performance_report_path=self.spec.performance_report)
+
+    def close(self) -> None:
+        """Close the cluster (after the flow run)."""
+        self._joined()
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
