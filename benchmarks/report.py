@@ -8,18 +8,23 @@ Derived figures, per workload (definitions also in ``benchmarks/results/README.m
   figure below is computed from it.
 * ``speedup``: the sequential baseline's phase time / the variant's (``e2e``: the same
   with wall times).
-* ``ideal``: the plain loop's time per chunk × chunks / workers: perfect parallelism,
-  zero orchestration.
-* ``overhead ms/chunk``: (phase − ideal) / chunks: all orchestration cost, its fixed
-  part spread over the chunks. ``vs raw``: that overhead / raw Dask's.
+* ``ms/chunk``: phase / chunks. ``vs raw``: that per-chunk time / raw Dask's on the
+  same chunks in the same session (both measured, so the ratio is never negative; an
+  "overhead" = phase − a loop-based ideal came out negative on tiny chunks, where the
+  loop's own time varies ±40 %, and is no longer derived).
 * Sampled variants (naive Prefect on large workloads) ran the first K of N chunks;
   ``est. phase`` scales their phase time by N / K.
+
+Every check's value and every derived difference a workload reports goes through
+:func:`non_negative`, which fails the benchmark loudly instead of letting a negative
+figure pass a ``<=`` check.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -29,9 +34,44 @@ from typing import Any, Optional
 
 from benchlib import WORKERS, Measurement
 
-__all__ = ["Bench", "Check"]
+__all__ = ["Bench", "Check", "CheckFailed", "non_negative", "per_chunk_ratio"]
 
 VARIANT_ORDER = ["loop", "sequential", "distetl", "raw_dask", "naive_prefect", "dask_dataframe"]
+
+
+def non_negative(value: Optional[float], what: str, fix: str = "") -> float:
+    """``value`` if it is a finite number ≥ 0; otherwise fail the benchmark at once.
+
+    A time, a size, a ratio of two of them or a cost (a time minus the part of it that is
+    not the cost) is never negative; one that comes out negative means the measurement
+    subtracted the wrong thing (a baseline slower than what it is subtracted from), and a
+    ``<=`` check on it could not fail.
+
+    Raises:
+        AssertionError: If ``value`` is None, NaN, infinite or negative.
+    """
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise AssertionError(
+            f"Expected {what} to be a finite number >= 0; got {value!r}. Fix: "
+            + (fix or "measure the figure directly (a ratio of two measured times) instead of "
+                      "as a difference from a baseline measured apart"))
+    return float(value)
+
+
+def per_chunk_ratio(m: Measurement, ref: Measurement) -> float:
+    """``m``'s phase time per chunk / ``ref``'s (both measured; sampled runs per chunk
+    of their sample). Never negative: both are measured durations."""
+    mine = non_negative(m.s_per_chunk, f"{m.workload}/{m.variant} s per chunk")
+    theirs = non_negative(ref.s_per_chunk, f"{ref.workload}/{ref.variant} s per chunk")
+    if theirs == 0:
+        raise AssertionError(f"Expected {ref.workload}/{ref.variant} to have run chunks in a measured time; got "
+                             f"{ref.chunks} chunks in {ref.phase_s} s. Fix: check that variant's run.")
+    return mine / theirs
+
+
+class CheckFailed(AssertionError):
+    """A recorded check that did not pass (raised with :meth:`Check.line`), apart from
+    the harness's other assertions, so an expected failure can name it alone."""
 
 
 @dataclass
@@ -100,7 +140,13 @@ class Bench:
         return m
 
     def check(self, workload: str, name: str, value: float, op: str, threshold: float, detail: str = "") -> Check:
-        """Record a ratio check (and return it; the test asserts ``check.passed``)."""
+        """Record a ratio check (and return it; the test asserts ``check.passed``).
+
+        Raises:
+            AssertionError: If ``value`` is negative, NaN or infinite (see
+                :func:`non_negative`): such a check could not mean what it says.
+        """
+        non_negative(value, f"the value of check {workload}: {name}")
         c = Check(workload, name, value, op, threshold, detail)
         self.checks = [x for x in self.checks if (x.workload, x.name) != (workload, name)] + [c]
         return c
@@ -128,27 +174,18 @@ class Bench:
             return m.phase_s
         return m.phase_s * m.sample_of / m.chunks
 
-    def overhead_ms(self, m: Measurement) -> Optional[float]:
-        """(phase − ideal) / chunks in ms, ideal = loop time per chunk × chunks / workers."""
-        loop = self.of(m.workload, "loop")
-        if loop is None or not m.chunks or not loop.chunks:
-            return None
-        ideal = loop.s_per_chunk * m.chunks / WORKERS
-        return (m.phase_s - ideal) / m.chunks * 1000
-
     def rows(self) -> list[dict[str, Any]]:
         """One row per measurement, with the derived figures."""
         out = []
         for workload in self.workloads():
             seq = self.of(workload, "sequential")
             raw = self.of(workload, "raw_dask")
-            raw_over = self.overhead_ms(raw) if raw else None
             ms = [m for m in self.measurements if m.workload == workload]
             ms.sort(key=lambda m: VARIANT_ORDER.index(m.variant) if m.variant in VARIANT_ORDER else 99)
             for m in ms:
                 phase = self.est_phase(m)
                 rerun = m.written == 0 and bool(m.notes.get("skipped"))
-                over = None if rerun else self.overhead_ms(m)
+                vs_raw = per_chunk_ratio(m, raw) if raw and raw.chunks and m.chunks and not rerun else None
                 out.append({
                     "workload": workload, "variant": m.variant,
                     "chunks": f"{m.chunks}" + (f"/{m.sample_of}" if m.sample_of else ""),
@@ -157,8 +194,7 @@ class Bench:
                     "speedup": (seq.phase_s / phase) if seq and phase and not rerun else None,
                     "e2e_speedup": (seq.wall_s / m.wall_s) if seq and m.wall_s and not (m.sample_of or rerun) else None,
                     "ms_per_chunk": m.s_per_chunk * 1000,
-                    "overhead_ms": over,
-                    "overhead_vs_raw": (over / raw_over) if over is not None and raw_over and raw_over > 0 else None,
+                    "per_chunk_vs_raw": vs_raw,
                     "cluster_s": m.cluster_s,
                     "driver_mb": m.driver_peak_mb,
                     "worker_mb": list(m.worker_peak_mb),
@@ -175,7 +211,7 @@ class Bench:
     def table(self) -> str:
         """The results as a fixed-width text table, then the figures and the checks."""
         head = ["workload", "variant", "chunks", "wall s", "cluster s", "phase s", "est. phase", "rows/s",
-                "MB/s", "speedup", "e2e", "ms/chunk", "ovh ms/chunk", "ovh vs raw", "driver MB", "each worker MB",
+                "MB/s", "speedup", "e2e", "ms/chunk", "vs raw", "driver MB", "each worker MB",
                 "service cores", "foreign cores"]
 
         def f(v: Any, fmt: str) -> str:
@@ -188,7 +224,7 @@ class Bench:
                 f(r["phase_s"], ".2f"), f(r["est_phase_s"], ".1f"), f(r["rows_per_s"], ",.0f"),
                 f(r["mb_per_s"], ".2f"), f(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
                 f(r["e2e_speedup"], ".2f") + ("x" if r["e2e_speedup"] else ""),
-                f(r["ms_per_chunk"], ".2f"), f(r["overhead_ms"], ".2f"), f(r["overhead_vs_raw"], ".2f"),
+                f(r["ms_per_chunk"], ".2f"), f(r["per_chunk_vs_raw"], ".2f"),
                 f(r["driver_mb"], ".0f"), "/".join(f"{x:.0f}" for x in r["worker_mb"]) or "-", f(r["service_cores"], ".3f"),
                 f(r["foreign_cores"], ".2f"),
             ])

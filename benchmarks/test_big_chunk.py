@@ -30,6 +30,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchlib import discard, measure
+from report import non_negative
 from workloads import BIG_COLUMNS, BIG_MEMORY_DIR
 
 GROWTH_LIMIT = 0.25
@@ -62,7 +63,8 @@ def test_big_chunk(bench, sizes, bench_root, prefect_server):
     assert memory["pieces"] == pieces and chunk_bytes == pieces * rows * BIG_COLUMNS * 8, memory
     harness_peak = max(m.worker_peak_mb, default=0.0) * 2**20
     peak = max(memory["peak_bytes"], harness_peak)
-    growth = peak - memory["baseline_bytes"]
+    growth = non_negative(peak - memory["baseline_bytes"], "the worker's peak RSS growth over its baseline, bytes",
+                          "take the peak (VmHWM) after the baseline was read, in the same process")
     same_worker = warm_up["pid"] == memory["pid"]
     mib = 2**20
 

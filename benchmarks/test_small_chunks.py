@@ -1,12 +1,19 @@
 """Many small chunks: orchestration cost per chunk.
 
-Checks: distetl's per-chunk overhead ≤ 2× raw Dask's, and distetl ≥ 5× faster per chunk
-than the naive Prefect way (three DaskTaskRunner tasks per chunk).
+Checks: distetl's time per chunk ≤ 2× raw Dask's (both with the cluster up, measured in
+the same session on the same chunks: a ratio of two measured times, never negative),
+and distetl ≥ 5× faster per chunk than the naive Prefect way (three DaskTaskRunner tasks
+per chunk).
+
+The check used to compare "overheads" (phase − the plain loop's time / 2 workers): on
+these fsync-bound tiny chunks the loop's own time varies ±40 % between runs, so that
+difference could come out negative and pass any ``<=`` check.
 """
 
 from __future__ import annotations
 
 from benchlib import discard, measure
+from report import per_chunk_ratio
 
 
 def test_many_small_chunks(bench, sizes, bench_root, prefect_server):
@@ -26,11 +33,11 @@ def test_many_small_chunks(bench, sizes, bench_root, prefect_server):
     assert dist.chunks == sizes.tiny_chunks and dist.rows == loop.rows
     assert dist.notes["task_runs_recorded"] == dist.notes["task_runs"] > 0
 
-    dist_over, raw_over = bench.overhead_ms(dist), bench.overhead_ms(raw)
+    vs_raw = per_chunk_ratio(dist, raw)
     naive_ms = naive.s_per_chunk * 1000
     bench.figure(name, "loop ms/chunk (compute)", round(loop.s_per_chunk * 1000, 3))
-    bench.figure(name, "distetl overhead ms/chunk", round(dist_over, 3))
-    bench.figure(name, "raw Dask overhead ms/chunk", round(raw_over, 3))
+    bench.figure(name, "distetl ms/chunk (cluster up)", round(dist.s_per_chunk * 1000, 3))
+    bench.figure(name, "raw Dask ms/chunk (cluster up)", round(raw.s_per_chunk * 1000, 3))
     bench.figure(name, "naive Prefect ms/chunk", round(naive_ms, 1))
     bench.figure(name, "distetl Prefect task runs", dist.notes["task_runs"])
     rerun = bench.add(measure(spec, "distetl", output=dist.notes["output"], label="distetl_rerun"))
@@ -39,8 +46,8 @@ def test_many_small_chunks(bench, sizes, bench_root, prefect_server):
     for m in runs.values():
         discard(m)
 
-    overhead = bench.check(name, "distetl overhead / raw Dask overhead (per chunk)", dist_over / raw_over, "<=", 2.0,
-                           f"({dist_over:.2f} ms vs {raw_over:.2f} ms)")
+    overhead = bench.check(name, "distetl time per chunk / raw Dask's (cluster up)", vs_raw, "<=", 2.0,
+                           f"({dist.s_per_chunk * 1000:.2f} ms vs {raw.s_per_chunk * 1000:.2f} ms per chunk)")
     naive_ratio = bench.check(name, "distetl speed / naive Prefect (per chunk)", naive_ms / (dist.s_per_chunk * 1000),
                               ">=", 5.0, f"({naive_ms:.1f} ms vs {dist.s_per_chunk * 1000:.2f} ms per chunk)")
     assert overhead.passed, overhead.line()

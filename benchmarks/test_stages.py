@@ -28,6 +28,7 @@ same files and rows per stage (Luigi's: those of its graph).
 from __future__ import annotations
 
 from benchlib import WORKERS, discard, measure
+from report import non_negative
 from stages_workload import BUCKETS, DAY_ROWS, STAGES, end_date, months, stage_rows, START
 
 
@@ -35,8 +36,14 @@ def _overhead_ms(phase_s: float, compute_s: float, chunks: int) -> float:
     """Orchestration cost per chunk, ms: (phase − ideal) / chunks, with ideal = the
     chunks' own measured seconds on the workers (``ChunkResult.seconds``: extract,
     transform, cast, serialise, commit) spread over the workers. It is the harness's
-    overhead notion with the chunks' measured compute in place of a plain loop's."""
-    return (phase_s - compute_s / WORKERS) / chunks * 1000
+    overhead notion with the chunks' measured compute in place of a plain loop's.
+
+    Never negative by construction (the chunks ran on ``WORKERS`` single-threaded workers
+    while the cluster was up, so their seconds fit in phase × workers); a negative value
+    fails the benchmark (:func:`report.non_negative`)."""
+    return non_negative((phase_s - compute_s / WORKERS) / chunks * 1000,
+                        f"the overhead per chunk, ms ({phase_s:.3f} s phase, {compute_s:.3f} s of chunks, {chunks} chunks)",
+                        "check that the chunks' seconds and the phase come from the same run")
 
 
 def test_stage_graph(bench, sizes, bench_root, prefect_server):
@@ -108,7 +115,8 @@ def test_stage_graph(bench, sizes, bench_root, prefect_server):
         s = one[stage]
         fig(f"one run {stage}: compute ms/chunk", round(s["compute_s"] / s["chunks"] * 1000, 3))
         fig(f"one run {stage}: gap ms/chunk", round(s["gap_s"] / s["chunks"] * 1000, 3))
-    fig("one run: fixed s (phase - first chunk start to last chunk end)", round(dist.phase_s - one[""]["span_s"], 3))
+    fig("one run: fixed s (phase - first chunk start to last chunk end)",
+        round(non_negative(dist.phase_s - one[""]["span_s"], "the one run's fixed seconds (phase - chunk span)"), 3))
     fig("one run: overhead ms/chunk (whole graph)", round(_overhead_ms(dist.phase_s, compute, total), 3))
 
     # Stage by stage: each stage is a run of its own, so its overhead is separable.

@@ -50,9 +50,7 @@ class Sizes:
         scale_dry_chunks: Chunks of the ``scale`` workload's dry run (plan only).
         scale_run_chunks: Tiny-chunk run sizes of the ``scale`` workload whose driver
             peak, run records and Prefect database growth are compared; the last one
-            also runs on raw Dask for the per-chunk overhead.
-        scale_loop_sample: Chunks of the largest ``scale`` run the plain loop times
-            (a tiny chunk's compute does not depend on how many there are).
+            also runs on raw Dask, for distetl's time per chunk against raw Dask's.
         scale_big_run_chunks: Chunks of the ``scale`` workload's largest run and of the
             rerun over its committed files (0: none; full mode only).
         big_chunk_pieces: Pieces of the ``big_chunk`` workload's big chunk. The same in
@@ -76,7 +74,6 @@ class Sizes:
     stage_luigi_days: int = 0
     scale_dry_chunks: int = 1_000_000
     scale_run_chunks: tuple[int, ...] = (10_000, 100_000)
-    scale_loop_sample: int = 2_000
     scale_big_run_chunks: int = 0
     big_chunk_pieces: int = 40
     big_chunk_piece_rows: int = 419_430
@@ -85,12 +82,12 @@ class Sizes:
 QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
               dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
               stage_days=2_000, stage_luigi_days=700, scale_dry_chunks=1_000_000,
-              scale_run_chunks=(10_000, 100_000), scale_loop_sample=2_000, scale_big_run_chunks=0,
+              scale_run_chunks=(10_000, 100_000), scale_big_run_chunks=0,
               big_chunk_pieces=40, big_chunk_piece_rows=419_430)
 FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,
              dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000,
              stage_days=5_000, stage_luigi_days=0, scale_dry_chunks=1_000_000,
-             scale_run_chunks=(10_000, 100_000), scale_loop_sample=2_000, scale_big_run_chunks=1_000_000,
+             scale_run_chunks=(10_000, 100_000), scale_big_run_chunks=1_000_000,
              big_chunk_pieces=40, big_chunk_piece_rows=1_048_576)
 
 TINY_ROWS = 20

@@ -1,5 +1,11 @@
 """Shared fixtures: one real Prefect API server for the session, a private Prefect home,
-and helpers to build small pipelines in flow files."""
+and helpers to build small pipelines in flow files.
+
+Under pytest-xdist (``pytest tests -n auto``) every worker process imports this file
+itself, so each worker has its own temporary home (``DISTETL_HOME``, ``PREFECT_HOME``),
+its own session-scoped Prefect server on a free port, and its own ``tmp_path`` tree:
+tests never share a database, a port or a fixed path between workers.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 # Before anything imports prefect: a private home and no telemetry.
-_HOME = Path(tempfile.mkdtemp(prefix="distetl-tests-"))
+# One home per process: pytest's own, or each xdist worker's (``gw0``, ``gw1``…).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_HOME = Path(tempfile.mkdtemp(prefix=f"distetl-tests-{_WORKER}-"))
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect-client")
 os.environ["DISTETL_HOME"] = str(_HOME / "distetl")
 os.environ["DO_NOT_TRACK"] = "1"
@@ -27,9 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """A real Prefect API server (subprocess on 127.0.0.1) shared by the session."""
+    """A real Prefect API server (subprocess on 127.0.0.1, a free port) shared by the
+    session: by the whole run without xdist, by one worker process under xdist."""
     server = EmbeddedServer(_HOME / "server")
-    url = server.start()
+    try:
+        url = server.start()
+    except Exception:  # noqa: BLE001 - another worker took the free port first: once more on a new one
+        server = EmbeddedServer(_HOME / "server-retry")
+        url = server.start()
     os.environ["PREFECT_API_URL"] = url
     yield url
     os.environ.pop("PREFECT_API_URL", None)

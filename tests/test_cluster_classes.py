@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import uuid
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -29,7 +31,8 @@ from distetl import ChunkList, Pipeline
 
 def extract(chunk):
     time.sleep(1.5)
-    return pd.DataFrame({"part": [chunk["part"]], "pid": [os.getpid()]})
+    return pd.DataFrame({"part": [chunk["part"]], "pid": [os.getpid()],
+                         "mark": [os.environ.get("DISTETL_TEST_MARK", "")]})
 
 pipeline = Pipeline(name="grows", plan=ChunkList([f"p{i:02d}" for i in range(%d)], key_field="part"),
                     extract=extract, target="{output}/grows/p={part}/part-0.parquet")
@@ -43,20 +46,31 @@ JOBQUEUE_LOCAL = [
 ]
 
 
-def _leftover_workers(since: float) -> list[psutil.Process]:
-    """dask worker processes started by this test that are still running."""
+#: Environment variable marking the processes one test started (its run and, through
+#: inheritance, the run's worker jobs): other tests' workers, e.g. in another xdist
+#: worker process at the same moment, are never counted as this test's leftovers.
+MARK = "DISTETL_TEST_MARK"
+
+
+def _leftover_workers(mark: str) -> list[psutil.Process]:
+    """dask worker processes started by the run marked ``mark`` that are still running."""
     out = []
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
+    for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if proc.info["create_time"] >= since - 1 and "distributed.cli.dask_worker" in cmd:
-            out.append(proc)
+        if "distributed.cli.dask_worker" not in cmd:
+            continue
+        try:
+            if proc.environ().get(MARK) == mark:
+                out.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
     return out
 
 
-def _run_adaptive(tmp_path: Path, flow_file, *args: str) -> tuple[dict, str]:
+def _run_adaptive(tmp_path: Path, flow_file, *args: str, mark: str = "") -> tuple[dict, str]:
     flow = flow_file(FLOW)
     proc = cli("run", str(flow), "--output", str(tmp_path / "out"), "--adapt", "min=0,max=2", "--json", *args,
-               timeout=240)
+               timeout=240, env={MARK: mark} if mark else None)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout), proc.stderr
 
@@ -75,15 +89,18 @@ def _assert_grew_from_zero_to_two(report: dict, stderr: str, out: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_jobqueue_local_mode_scales_from_zero_to_two_jobs(tmp_path, flow_file, prefect_api):
-    started = time.time()
-    report, stderr = _run_adaptive(tmp_path, flow_file, *JOBQUEUE_LOCAL)
+    mark = uuid.uuid4().hex
+    report, stderr = _run_adaptive(tmp_path, flow_file, *JOBQUEUE_LOCAL, mark=mark)
     assert report["runner"] == "dask_jobqueue.local.LocalCluster, adaptive 0..2 worker(s)"
     _assert_grew_from_zero_to_two(report, stderr, tmp_path / "out")
-    # The jobs (local worker processes) ended with the run.
+    # The jobs (local worker processes) carried the run's mark (so the look for leftovers
+    # below sees them) and ended with the run.
+    marks = set(pd.read_parquet(tmp_path / "out" / "grows")["mark"])
+    assert marks == {mark}, marks
     deadline = time.monotonic() + 30
-    while _leftover_workers(started) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _leftover_workers(started)
+    while _leftover_workers(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _leftover_workers(mark)
 
 
 @pytest.mark.timeout(300)

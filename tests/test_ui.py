@@ -102,7 +102,7 @@ def test_ui_shows_a_finished_run_in_a_real_browser(tmp_path, flow_file):
         while not _answers(f"http://127.0.0.1:{port}/api/health"):
             assert ui.poll() is None, ui.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "distetl ui did not answer within 120 s"
-            time.sleep(0.3)
+            time.sleep(0.1)
         assert ui.stdout is not None
         assert ui.stdout.readline().strip() == f"prefect UI:  http://127.0.0.1:{port}"
 

@@ -1,0 +1,247 @@
+"""The ``fixed_cost`` workload's pieces: one chunk, as a command, on distetl and on Luigi.
+
+The same per-chunk work on both sides: 20 rows built from the chunk's id range (the
+small chunks' extract), written as one Parquet file. Each command runs in a fresh
+process, timed by the caller from just before it starts to its exit, as a user sees it:
+
+* ``distetl run FLOW --output OUT`` (``python -m distetl.cli``), no ``PREFECT_API_URL``,
+  ``DISTETL_HOME`` warm (its embedded Prefect database made by an earlier run): the run
+  starts its own Prefect server and a local Dask cluster, runs one flow run, stops both;
+* ``luigi --module fixed_cost_task OneChunk --root OUT --local-scheduler``
+  (``python -m luigi``): Luigi's scheduler in the process, one worker, one task.
+
+Run as a script (``python fixed_cost.py FLOW OUT``), this module is ``distetl run`` with
+every phase of the run timed (:func:`phases_main`): it wraps, for measuring only, the
+functions a run calls in turn (planning, the pre-flight check, the Prefect server's start
+and stop, the cluster's start and close, the flow run, waiting for Prefect to record the
+task runs, the index and manifest writes) and prints their intervals as one JSON line
+(``FIXED-COST-PHASES {...}``) before leaving as the command does.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.monotonic()  # before any import: where this process's own clock starts
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
+
+__all__ = ["FLOW_SOURCE", "LUIGI_SOURCE", "PHASES", "phase_breakdown", "timed_command", "write_sources"]
+
+PIPELINE = "fixed_cost"
+ROWS = 20
+_MARK = "FIXED-COST-PHASES "
+
+#: The distetl flow file: one chunk of :data:`ROWS` rows.
+FLOW_SOURCE = f'''
+import numpy as np
+import pandas as pd
+from distetl import IdRange, Pipeline
+
+
+def extract(chunk):
+    ids = np.arange(chunk["start"], chunk["stop"], dtype="int64")
+    return pd.DataFrame({{"id": ids, "value": ids * 0.5, "label": [f"row-{{i}}" for i in ids]}})
+
+
+pipeline = Pipeline(name={PIPELINE!r}, plan=IdRange(start=0, stop={ROWS}, size={ROWS}), extract=extract,
+                    target="{{output}}/{PIPELINE}/part-{{first}}.parquet")
+'''
+
+#: The Luigi module: one task doing the same chunk into the same path.
+LUIGI_SOURCE = f'''
+import luigi
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class OneChunk(luigi.Task):
+    root = luigi.Parameter()
+
+    def output(self):
+        return luigi.LocalTarget(f"{{self.root}}/{PIPELINE}/part-0.parquet")
+
+    def run(self):
+        ids = np.arange(0, {ROWS}, dtype="int64")
+        frame = pd.DataFrame({{"id": ids, "value": ids * 0.5, "label": [f"row-{{i}}" for i in ids]}})
+        target = self.output()
+        target.makedirs()
+        with target.temporary_path() as tmp:
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+'''
+
+
+def write_sources(folder: Path) -> tuple[Path, Path]:
+    """Write the flow file and the Luigi module into ``folder``; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    flow, task = folder / "fixed_cost_flow.py", folder / "fixed_cost_task.py"
+    flow.write_text(FLOW_SOURCE)
+    task.write_text(LUIGI_SOURCE)
+    return flow, task
+
+
+def timed_command(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run a command in a fresh process; its wall time from just before the start to its
+    exit, with its exit code and output.
+
+    Raises:
+        AssertionError: If it exits non-zero.
+    """
+    start = time.monotonic()
+    proc = subprocess.run(args, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
+    end = time.monotonic()
+    if proc.returncode != 0:
+        raise AssertionError(f"Expected {' '.join(args[:4])} … to exit 0; got {proc.returncode}:\n"
+                             f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}\nFix: run it by hand in {cwd}.")
+    return {"wall_s": end - start, "started": start, "ended": end, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+# -- the instrumented `distetl run` ---------------------------------------------------------
+
+#: Phases of a one-chunk `distetl run`, in order, as :func:`phase_breakdown` names them.
+PHASES = (
+    "interpreter start and imports",
+    "command line and flow file",
+    "plan",
+    "pre-flight check",
+    "Prefect server start",
+    "local cluster start",
+    "flow run (cluster up)",
+    "local cluster close",
+    "wait for Prefect to record the task run",
+    "Prefect server stop",
+    "index and manifest",
+    "rest of the run (lease, report)",
+    "summary and output",
+    "interpreter exit",
+)
+
+
+def _instrument() -> list[tuple[str, float, float]]:
+    """Wrap the functions a run calls so each call's (name, start, end) is recorded.
+    Measuring only: every wrapper calls the original and returns what it returns."""
+    from distributed import LocalCluster
+    from distributed.deploy.spec import SpecCluster
+
+    import distetl.engine.backfill as backfill
+    import distetl.engine.flow as flow
+    import distetl.engine.prefect_api as prefect_api
+    from distetl.engine.runners import RunnerSpec
+    from distetl.state.manifest import RunReport
+
+    spans: list[tuple[str, float, float]] = []
+
+    def wrap(owner: Any, attr: str, name: str, only: Optional[Callable[..., bool]] = None) -> None:
+        original = getattr(owner, attr)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if only is not None and not only(*args):
+                return original(*args, **kwargs)
+            start = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spans.append((name, start, time.monotonic()))
+
+        setattr(owner, attr, timed)
+
+    closed: set[int] = set()
+
+    def first_close(cluster: Any, *args: Any) -> bool:
+        if id(cluster) in closed or not isinstance(cluster, LocalCluster):
+            return False
+        closed.add(id(cluster))
+        return True
+
+    wrap(backfill, "run", "run")
+    wrap(backfill, "plan", "plan")
+    wrap(RunnerSpec, "check", "pre-flight check")
+    wrap(prefect_api.EmbeddedServer, "start", "Prefect server start")
+    wrap(prefect_api.EmbeddedServer, "stop", "Prefect server stop")
+    wrap(LocalCluster, "__init__", "local cluster start")
+    wrap(SpecCluster, "close", "local cluster close", only=first_close)
+    wrap(flow, "run_flow", "flow run")
+    wrap(prefect_api, "wait_for_task_runs", "wait for Prefect to record the task run")
+    wrap(backfill, "_update_indexes", "index")
+    wrap(RunReport, "write_manifest", "manifest")
+    return spans
+
+
+def phases_main(argv: list[str]) -> int:
+    """``distetl run FLOW --output OUT`` with its phases timed; prints them as JSON."""
+    from distetl import cli
+
+    spans = _instrument()
+    entered = time.monotonic()
+    code = cli.main(["run", argv[0], "--output", argv[1]])
+    done = time.monotonic()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    print(_MARK + json.dumps({"process_t0": _T0, "main": entered, "done": done, "code": code,
+                              "spans": spans}), flush=True)
+    return code
+
+
+def _one(spans: list, name: str) -> tuple[float, float]:
+    found = [(s, e) for n, s, e in spans if n == name]
+    if len(found) != 1:
+        raise AssertionError(f"Expected one timed call of {name!r} in the instrumented run; got {len(found)}. "
+                             "Fix: check what distetl.engine.backfill.run calls now (fixed_cost._instrument).")
+    return found[0]
+
+
+def phase_breakdown(stdout: str, started: float, ended: float) -> dict[str, float]:
+    """Seconds per phase (:data:`PHASES`) of an instrumented run, from its printed spans
+    and the caller's start and end of the process (the same monotonic clock).
+
+    Raises:
+        AssertionError: If the spans are missing, or a phase comes out negative
+            (:func:`report.non_negative`).
+    """
+    from report import non_negative
+
+    line = next((x for x in reversed(stdout.splitlines()) if x.startswith(_MARK)), None)
+    if line is None:
+        raise AssertionError(f"Expected a {_MARK.strip()} line from the instrumented run; got none:\n{stdout[-2000:]}")
+    data = json.loads(line[len(_MARK):])
+    spans = data["spans"]
+    run = _one(spans, "run")
+    server_start, server_stop = _one(spans, "Prefect server start"), _one(spans, "Prefect server stop")
+    cluster_start, cluster_close = _one(spans, "local cluster start"), _one(spans, "local cluster close")
+    flow_run = _one(spans, "flow run")
+    d = {name: e - s for name, s, e in spans if name not in ("index", "manifest")}
+    out = {
+        "interpreter start and imports": data["main"] - started,
+        "command line and flow file": run[0] - data["main"],
+        "plan": d["plan"],
+        "pre-flight check": d["pre-flight check"],
+        "Prefect server start": d["Prefect server start"],
+        "local cluster start": d["local cluster start"],
+        # The cluster starts and closes inside the flow run (Prefect's task runner).
+        "flow run (cluster up)": (flow_run[1] - flow_run[0]) - d["local cluster start"] - d["local cluster close"],
+        "local cluster close": d["local cluster close"],
+        "wait for Prefect to record the task run": d["wait for Prefect to record the task run"],
+        "Prefect server stop": d["Prefect server stop"],
+        "index and manifest": sum(e - s for n, s, e in spans if n in ("index", "manifest")),
+    }
+    inside = sum(out[k] for k in PHASES[2:11])
+    out["rest of the run (lease, report)"] = (run[1] - run[0]) - inside
+    out["summary and output"] = data["done"] - run[1]
+    out["interpreter exit"] = ended - data["done"]
+    assert server_start[0] < cluster_start[0] < cluster_close[0] < server_stop[0], "phases out of order"
+    for name, value in out.items():
+        non_negative(value, f"the phase {name!r} of the one-chunk run, s")
+    return {name: out[name] for name in PHASES}
+
+
+if __name__ == "__main__":
+    sys.exit(phases_main(sys.argv[1:]))
