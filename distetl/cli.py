@@ -343,7 +343,12 @@ def console_main() -> None:
     ("terminate called without an active exception", exit 134; apache/arrow#34314).
     """
     argv = sys.argv[1:]
-    code = main(argv)
+    try:
+        code = main(argv)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os._exit(128 + 13)  # SIGPIPE's conventional exit status
     if argv[:1] and argv[0] in _READ_ONLY:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`)
