@@ -606,7 +606,7 @@ RUNNER = Path(__file__).resolve().parent / "runvariant.py"
 _RESULT = "BENCH-RESULT "
 #: The variants :func:`run_variant` knows.
 KNOWN_VARIANTS = ("loop", "sequential", "distetl", "raw_dask", "naive_prefect", "dask_dataframe", "distetl_by_stage",
-                 "luigi")
+                 "luigi", "luigi_chain")
 
 
 def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
@@ -643,6 +643,10 @@ def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
         from luigi_stages import run_luigi
 
         m = run_luigi(w, days=spec["workload"]["days"])
+    elif variant == "luigi_chain":
+        from chain_workload import run_luigi_chain
+
+        m = run_luigi_chain(w, days=spec["workload"]["days"], workers=spec.get("workers", 1))
     else:
         raise ValueError(f"Expected one of the variants {', '.join(KNOWN_VARIANTS)}; got {variant!r}. "
                          "Fix: use one of those in the spec.")

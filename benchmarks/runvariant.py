@@ -28,6 +28,7 @@ PRELOAD = {
     "dask_dataframe": ("dask.dataframe", "distributed"),
     "distetl_by_stage": ("distetl.engine.flow", "prefect.flow_engine", "prefect.task_engine", "prefect_dask", "distributed"),
     "luigi": ("luigi", "luigi_stages"),
+    "luigi_chain": ("luigi", "chain_workload"),
 }
 
 

@@ -186,9 +186,10 @@ def make_workload(spec: Mapping[str, Any]):
     """Build a :class:`benchlib.Workload` from a JSON-able spec.
 
     Spec keys: ``name``, ``kind`` (``tpch``, ``tiny``, ``nycflights``, ``stages``,
-    ``stages_days``, ``big_chunk``), ``root``, and per kind ``sf``/``parts`` (tpch),
-    ``chunks`` (tiny), ``days`` (stages: the three-stage graph; stages_days: its root
-    stage alone) or ``pieces`` and ``rows`` (big_chunk: rows per piece; optional
+    ``stages_days``, ``chain``, ``big_chunk``), ``root``, and per kind ``sf``/``parts``
+    (tpch), ``chunks`` (tiny), ``days`` (stages: the three-stage graph; stages_days: its
+    root stage alone; chain: links per chain, with ``values``: 0 for one chain, else that
+    many chains side by side) or ``pieces`` and ``rows`` (big_chunk: rows per piece; optional
     ``columns``); optional ``output_url`` and ``storage_options`` (S3).
 
     Raises:
@@ -214,8 +215,13 @@ def make_workload(spec: Mapping[str, Any]):
 
         build = stages_workload.stages_pipeline if kind == "stages" else stages_workload.days_pipeline
         return Workload(spec["name"], build(spec["days"]), root, **extra)
+    if kind == "chain":
+        import chain_workload
+
+        return Workload(spec["name"], chain_workload.chain_pipeline(spec["days"], spec.get("values", 0)), root,
+                        **extra)
     if kind == "big_chunk":
         pipe = big_chunk_pipeline(spec["pieces"], spec["rows"], spec.get("columns", BIG_COLUMNS))
         return Workload(spec["name"], pipe, root, **extra)
-    raise ValueError(f"Expected a workload kind of tpch, tiny, nycflights, stages, stages_days or big_chunk; "
+    raise ValueError(f"Expected a workload kind of tpch, tiny, nycflights, stages, stages_days, chain or big_chunk; "
                      f"got {kind!r}. Fix: use one of those in the workload spec.")
