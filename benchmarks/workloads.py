@@ -53,6 +53,8 @@ class Sizes:
             also runs on raw Dask, for distetl's time per chunk against raw Dask's.
         scale_big_run_chunks: Chunks of the ``scale`` workload's largest run and of the
             rerun over its committed files (0: none; full mode only).
+        check_chunks: Chunks of 1,000,000 rows of each stage of the ``checks``
+            workload (with a pandera schema, and without).
         big_chunk_pieces: Pieces of the ``big_chunk`` workload's big chunk. The same in
             both modes: the worker holds a few pieces at a time, so its growth relative
             to the chunk follows the number of pieces, not their size.
@@ -77,6 +79,7 @@ class Sizes:
     scale_big_run_chunks: int = 0
     big_chunk_pieces: int = 40
     big_chunk_piece_rows: int = 419_430
+    check_chunks: int = 20
 
 
 QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
@@ -88,7 +91,7 @@ FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naiv
              dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000,
              stage_days=5_000, stage_luigi_days=0, scale_dry_chunks=1_000_000,
              scale_run_chunks=(10_000, 100_000), scale_big_run_chunks=1_000_000,
-             big_chunk_pieces=40, big_chunk_piece_rows=1_048_576)
+             big_chunk_pieces=40, big_chunk_piece_rows=1_048_576, check_chunks=200)
 
 TINY_ROWS = 20
 TINY_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64()), ("label", pa.string())])

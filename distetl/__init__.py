@@ -9,6 +9,7 @@ from distetl import compat
 compat.install()
 
 from distetl.engine.backfill import PlannedRun, plan, run, status
+from distetl.model.checks import DataCheck, RowCountCheck, warn
 from distetl.model.chunks import Chunk
 from distetl.errors import ChunkError, ClusterError, ConfigError, DistetlError, PlanError, StorageError
 from distetl.engine.execute import ChunkContext
@@ -28,10 +29,10 @@ from distetl.version import __version__  # noqa: E402
 __all__ = [
     "AllChunks", "AllToOne", "Along", "CalendarWindow", "Chunk", "ChunkContext",
     "ChunkError", "ChunkList", "ChunkResult", "ClusterError", "Collapse", "ConfigError",
-    "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange", "Identity",
+    "DataCheck", "DateRange", "DistetlError", "FileList", "FromFunction", "IdRange", "Identity",
     "Input", "Mapping", "Pipeline", "Plan", "PlanError", "PlannedRun",
-    "Previous", "Product", "RunInterrupted", "RunReport", "RunnerSpec", "Source",
+    "Previous", "Product", "RowCountCheck", "RunInterrupted", "RunReport", "RunnerSpec", "Source",
     "Stage", "StorageError", "TrailingDays", "WindowDays", "plan", "run",
-    "status",
+    "status", "warn",
     "__version__",
 ]

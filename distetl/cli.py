@@ -226,8 +226,9 @@ def _print_report(report: Any, console: Console) -> None:
             console.print(f"flow run: {report.flow_run_url}", highlight=False, soft_wrap=True)
 
 
-def _last_failed(planned: Any) -> dict[str, int]:
-    """Per stage, the chunks that failed in the last run (from its manifest)."""
+def _last_failed(planned: Any, column: str = "failed") -> dict[str, int]:
+    """Per stage, the chunks that failed in the last run (from its manifest); with
+    ``column="check_failed"``, those that failed a data check."""
     from distetl.state.manifest import manifest_dir
 
     data = planned.targets.storage.read_bytes(f"{manifest_dir(planned.output, planned.pipeline.name)}/latest.json")
@@ -238,7 +239,9 @@ def _last_failed(planned: Any) -> dict[str, int]:
     except ValueError:
         return {}
     if last.get("stage_summary"):  # the latest pointer carries the per-stage counts
-        return {row["name"]: int(row.get("failed") or 0) for row in last["stage_summary"] if row.get("failed")}
+        return {row["name"]: int(row.get(column) or 0) for row in last["stage_summary"] if row.get(column)}
+    if column != "failed":
+        return {}
     if "results" not in last and last.get("manifest"):
         more = planned.targets.storage.read_bytes(last["manifest"])
         last = json.loads(more) if more else {}
@@ -254,6 +257,8 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
     counts = planned.stage_counts()
     causes = planned.stale_counts()
     failed = _last_failed(planned)
+    check_failed = _last_failed(planned, "check_failed")
+    warned = planned.check_warnings()
     missing_count = sum(c["missing"] for c in counts)
     missing = list(itertools.islice(((p.name, p.chunks[i].key) for p in planned.stages for i in range(len(p.chunks))
                                      if i not in p.committed), KEYS_LISTED))
@@ -263,6 +268,9 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                        "stale_by_cause": causes[p.name], "missing": c["missing"],
                        "failed_last_run": failed.get(p.name, 0), "committed": c["committed"],
                        "version": planned.versions.get(p.name)})
+        if p.name in warned:  # a stage with data checks
+            stages[-1].update({"check_failed_last_run": check_failed.get(p.name, 0),
+                               "warned": warned[p.name]["chunks"], "warnings_by_check": warned[p.name]["by_check"]})
     if args.json:
         label = (lambda s, k: f"{s}:{k}") if len(counts) > 1 else (lambda s, k: k)
         committed = list(itertools.islice((label(p.name, p.chunks[i].key) for p in planned.stages
@@ -286,6 +294,11 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
         for row in stages:
             console.print(f"{row['name']}: {row['committed']} of {row['total']} chunks committed "
                           f"({row['fresh']} fresh, {row['stale']} stale); {row['missing']} missing")
+            if row.get("check_failed_last_run") or row.get("warned"):
+                by_check = "; ".join(f"{name}: {rows} row(s)" for name, rows in row["warnings_by_check"].items())
+                console.print(f"  data checks: {row['check_failed_last_run']} chunk(s) failed in the last run; "
+                              f"{row['warned']} committed chunk(s) with warnings" + (f" ({by_check})" if by_check
+                                                                                      else ""), soft_wrap=True)
         for stage, key in missing[:20]:
             console.print(f"  missing {stage}:{key}" if len(counts) > 1 else f"  missing {key}")
         if missing_count > 20:

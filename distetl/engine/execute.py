@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pyarrow.parquet as pq
 
+from distetl.engine.checking import CheckFailed, Checker, quarantine_path, write_quarantine
 from distetl.model.chunks import Chunk
 from distetl.errors import ChunkError
 from distetl.model.partitions import strip_partitions
@@ -66,6 +67,7 @@ class ChunkContext:
         stage: The stage's name.
         input_roots: Each input's dataset root, by input name.
         sources: Each declared source's files, by source name (listed at plan time).
+        pipeline: The pipeline's name.
     """
 
     chunk: Chunk
@@ -78,6 +80,8 @@ class ChunkContext:
     record: Optional[dict[str, Any]] = field(default=None, repr=False)
     input_roots: Mapping[str, str] = field(default_factory=dict)
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: The pipeline's name (where the stage's quarantined rows go).
+    pipeline: str = ""
 
     def _input(self, name: Optional[str]) -> tuple[list[str], Optional[str]]:
         """The files and dataset root of input ``name`` (None: the only input)."""
@@ -165,6 +169,9 @@ class BatchJob:
             the index: the worker opens each input file once, to read it. None: read
             each input file's record from its footer.
         sources: Each declared source's files, by name.
+        previous_rows: For a stage with row-count rules, per chunk the row counts of
+            the chunks before it (newest first): an int from the index, ``["?", path]``
+            for a chunk earlier in this batch, None when unknown.
         record: What every chunk's record (its file's ``distetl.record`` metadata)
             shares: pipeline, stage, code version, run id, distetl version.
     """
@@ -182,6 +189,7 @@ class BatchJob:
     input_roots: Mapping[str, str] = field(default_factory=dict)
     fingerprints: Optional[Sequence[Mapping[str, Any]]] = None
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    previous_rows: Optional[Sequence[Sequence[Any]]] = None
 
     def label(self) -> str:
         keys = [c.key for c, _ in self.chunks]
@@ -240,10 +248,13 @@ class _Attempt:
         open_sink: Makes the sink (``storage.open_atomic(path, ...)``); called on the
             first piece. None: the file is kept in memory (:func:`_produce` then returns
             its bytes).
+        checker: Runs the stage's data checks on each piece (None: no checks).
     """
 
-    def __init__(self, open_sink: Optional[Callable[[], Any]] = None):
+    def __init__(self, open_sink: Optional[Callable[[], Any]] = None, checker: Optional[Checker] = None):
         self._open_sink = open_sink
+        #: The stage's data checks for this try (None: the stage has none).
+        self.checker = checker
         self._guard = threading.Lock()
         self.sink: Any = None
         self.given_up = False
@@ -309,9 +320,16 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
     if is_stream(frame):
         return _write_stream(pipeline, chunk, context, record, frame, per_piece, attempt or _Attempt())
     table = to_table(frame, pipeline.schema, chunk.key)
+    checker = attempt.checker if attempt is not None else None
+    if checker is not None:
+        checker.check(table)  # partition columns still in: checks see them
+        checker.finish(table.num_rows, table)
+        checker.outcome.raise_if_failed(context.stage or pipeline.name, chunk.key)
     table = strip_partitions(table, pipeline.target, chunk, context.output)
     if record is not None:
         full = {**record, "rows": table.num_rows, "produced_at": _now()}
+        if checker is not None and checker.outcome.warnings:
+            full["checks"] = checker.outcome.warning_records()
         metadata = dict(table.schema.metadata or {})
         metadata[RECORD_KEY] = json.dumps(full, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(metadata)
@@ -364,6 +382,8 @@ def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, recor
             del piece
             if declared is None and inferred is None:
                 inferred = table.schema
+            if attempt.checker is not None:
+                attempt.checker.check(table)
             table = _strip_piece(table, pipeline, chunk, context, count)
             if writer is None:
                 writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
@@ -382,8 +402,13 @@ def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, recor
                 )
             table = _strip_piece(declared.empty_table(), pipeline, chunk, context, 0)
             writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
+        if attempt.checker is not None:  # every piece checked: fail before the commit
+            attempt.checker.finish(rows)
+            attempt.checker.outcome.raise_if_failed(context.stage or pipeline.name, chunk.key)
         if record is not None:
             full = {**record, "rows": rows, "produced_at": _now()}
+            if attempt.checker is not None and attempt.checker.outcome.warnings:
+                full["checks"] = attempt.checker.outcome.warning_records()
             writer.add_key_value_metadata({RECORD_KEY: json.dumps(full, sort_keys=True, default=str).encode()})
             context.record = full
         writer.close()
@@ -498,8 +523,14 @@ def run_chunk(
     should_stop: Optional[Callable[[], bool]] = None,
     watch_stop: bool = False,
     record: Optional[Mapping[str, Any]] = None,
+    previous_rows: Sequence[int] = (),
 ) -> ChunkResult:
     """Run one chunk end to end and commit its file. Retries per the pipeline.
+
+    A stage's data checks (:mod:`distetl.engine.checking`) run on its output before the
+    commit; ``previous_rows`` are the known row counts of the chunks before it, for its
+    row-count rules. A chunk that fails an error-level check is not retried: it fails
+    with an error starting ``check failed`` and its failing rows are quarantined.
 
     The commit is create-only on object stores that support it (a target another writer
     committed meanwhile is reported as skipped), unless ``force`` replaces it.
@@ -521,7 +552,9 @@ def run_chunk(
         attempts += 1
         # A streamed chunk writes to the target's temp file / multipart upload; the try
         # that fails, times out or is stopped aborts it (nothing reaches the target).
-        attempt = _Attempt(lambda: storage.open_atomic(path, create_only=not force))
+        checks = getattr(pipeline, "checks", ())
+        attempt = _Attempt(lambda: storage.open_atomic(path, create_only=not force),
+                           Checker(checks, previous_rows) if checks else None)
         try:
             if timeout is None and not watch_stop:
                 produced = _produce(pipeline, chunk, context, record, attempt)
@@ -531,13 +564,28 @@ def run_chunk(
             if should_stop is not None and should_stop():
                 raise ChunkStopped(f"chunk {chunk.key} was stopped with its run before its commit")
             committed = produced.commit(storage, path, create_only=not force)
+            warned = None
+            if attempt.checker is not None:
+                if committed:  # rows quarantined by an earlier try go once the chunk commits
+                    storage.delete(quarantine_path(context.output, context.pipeline or pipeline.name,
+                                                   context.stage or pipeline.name, chunk.key))
+                    if attempt.checker.outcome.warnings:
+                        warned = json.dumps(attempt.checker.outcome.warning_records(), default=str)
             return ChunkResult(
+                warnings=warned,
                 key=chunk.key, path=path, status=WRITTEN if committed else SKIPPED, stage=context.stage,
                 record=json.dumps(context.record, sort_keys=True, default=str)
                 if committed and context.record is not None else None,
                 rows=produced.rows if committed else 0, bytes=produced.size if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
                 timed_out=timed_out, started=wall, ended=time.time(),
+            )
+        except CheckFailed as exc:  # the data is wrong: no retry, the failing rows kept aside
+            _quarantine(exc, storage, context, pipeline, chunk)
+            return ChunkResult(
+                key=chunk.key, path=path, status=FAILED, stage=context.stage, seconds=time.perf_counter() - start,
+                attempts=attempts, worker=_worker_name(), error=str(exc), check_failed=True,
+                started=wall, ended=time.time(),
             )
         except ChunkStopped as exc:
             return ChunkResult(
@@ -561,6 +609,21 @@ def run_chunk(
             attempt.give_up()  # a no-op once committed
 
 
+def _quarantine(exc: CheckFailed, storage: Storage, context: ChunkContext, pipeline: Any, chunk: Chunk) -> None:
+    """Write a chunk's failing rows under the stage's quarantine folder (the message
+    then names the file); a failure to write them is named in the message too."""
+    path = quarantine_path(context.output, context.pipeline or pipeline.name, context.stage or pipeline.name,
+                           chunk.key)
+    if exc.quarantined is None or not exc.quarantined.num_rows:
+        storage.delete(path)  # no rows to keep: an older try's file would mislead
+        return
+    try:
+        write_quarantine(storage, path, exc.quarantined)
+        exc.path = path
+    except Exception as error:  # noqa: BLE001 - the check's failure stays the chunk's error
+        exc.path = f"nothing: writing {path} failed ({type(error).__name__}: {error})"
+
+
 def run_batch(
     job: BatchJob,
     report: Optional[Callable[[ChunkResult], None]] = None,
@@ -582,7 +645,7 @@ def run_batch(
     #: This batch's chunks by path: their outcome and data version (a chain segment's
     #: links read their predecessors in the same batch).
     here = {path: chunk.key for chunk, path in job.chunks}
-    outcome: dict[str, tuple[str, Optional[str]]] = {}
+    outcome: dict[str, tuple[Any, ...]] = {}
     for n, (chunk, path) in enumerate(job.chunks):
         before = _unfinished_input(job, n, here, outcome)
         record = None
@@ -602,12 +665,15 @@ def run_batch(
             inputs = InputFiles(job.inputs[n] if job.inputs is not None else ())
             context = ChunkContext(chunk=chunk, output=job.output, storage_options=job.storage_options,
                                    inputs=inputs, input_root=job.input_root, stage=name,
-                                   input_roots=job.input_roots, sources=job.sources)
+                                   input_roots=job.input_roots, sources=job.sources,
+                                   pipeline=job.pipeline.name)
             sent = job.fingerprints[n] if job.fingerprints is not None else None
             record = _chunk_record(job.record, chunk, inputs, storage, sent, outcome) if job.record else None
             result = run_chunk(stage, chunk, path, storage, context, force=job.force,
-                               should_stop=should_stop, watch_stop=watch_stop, record=record)
-        outcome[path] = (result.status, record["data_version"] if result.status == WRITTEN and record else None)
+                               should_stop=should_stop, watch_stop=watch_stop, record=record,
+                               previous_rows=_previous_rows(job, n, outcome))
+        outcome[path] = (result.status, record["data_version"] if result.status == WRITTEN and record else None,
+                         result.rows if result.status == WRITTEN else None)
         results.append(result)
         report(result)
     flush = getattr(report, "flush", None)
@@ -616,8 +682,22 @@ def run_batch(
     return results
 
 
+def _previous_rows(job: BatchJob, n: int, outcome: Mapping[str, tuple[Any, ...]]) -> list[int]:
+    """The known row counts of chunk ``n``'s previous chunks: sent by the driver, or
+    (``["?", path]``) of a chunk committed earlier in this batch."""
+    if job.previous_rows is None:
+        return []
+    out = []
+    for value in job.previous_rows[n]:
+        if isinstance(value, (list, tuple)):
+            value = outcome.get(value[1], (None, None, None))[2]
+        if value is not None:
+            out.append(int(value))
+    return out
+
+
 def _unfinished_input(job: BatchJob, n: int, here: Mapping[str, str],
-                      outcome: Mapping[str, tuple[str, Optional[str]]]) -> Optional[tuple[str, str]]:
+                      outcome: Mapping[str, tuple[Any, ...]]) -> Optional[tuple[str, str]]:
     """The first input of chunk ``n`` that is an earlier chunk of this batch and was not
     committed (its status and key), or None."""
     if job.inputs is None or len(here) < 2:
@@ -634,7 +714,7 @@ def _unfinished_input(job: BatchJob, n: int, here: Mapping[str, str],
 
 def _chunk_record(base: Mapping[str, Any], chunk: Chunk, inputs: Sequence[str], storage: Storage,
                   sent: Optional[Mapping[str, Any]] = None,
-                  produced: Optional[Mapping[str, tuple[str, Optional[str]]]] = None) -> dict[str, Any]:
+                  produced: Optional[Mapping[str, tuple[Any, ...]]] = None) -> dict[str, Any]:
     """A chunk's record before it runs: the stage's shared fields, the chunk's key and
     its inputs' fingerprints (a source file's stamp from the plan's listing; each
     upstream chunk's data version, sent by the driver, or read from the file's footer

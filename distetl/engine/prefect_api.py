@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping
 
 from distetl.engine.servers import registered, running_ui
 from distetl.errors import ConfigError
+from distetl.state.results import describe_warnings
 
 __all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer",
            "mark_crashed"]
@@ -348,15 +349,21 @@ def publish_run_artifacts(pipeline_name: str, ledger: Any, chunks_path: str | No
     stages = {(stage or pipeline_name): counts for stage, counts in stages.items()}
     failed = ledger.bad
     total = ledger.total
+    columns = ["written", "skipped", "failed", "blocked", "not_run"] + [
+        c for c in ("check_failed", "warned") if any(counts.get(c) for counts in stages.values())]
     key = "distetl-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_name.lower()).strip("-")
     create_table_artifact(table=list(by_task.values()), key=key,
                           description=f"distetl task runs of {pipeline_name}: {len(by_task)} ({total} chunks)")
     lines = [f"# distetl · {pipeline_name}", "", f"{total} chunk(s) in {len(by_task)} task run(s).", "",
-             "| stage | " + " | ".join(("written", "skipped", "failed", "blocked", "not_run")) + " |",
-             "|---|---|---|---|---|---|"]
+             "| stage | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for stage, counts in stages.items():
-        lines.append(f"| {stage} | " + " | ".join(str(counts.get(k, 0)) for k in
-                                                 ("written", "skipped", "failed", "blocked", "not_run")) + " |")
+        lines.append(f"| {stage} | " + " | ".join(str(counts.get(k, 0)) for k in columns) + " |")
+    if ledger.warned:
+        lines += ["", f"## Data check warnings ({sum(c.get('warned', 0) for c in stages.values())} chunk(s), "
+                  "committed)", ""]
+        for r in ledger.warned[:FAILED_IN_ARTIFACT]:
+            lines.append(f"- `{r.stage}:{r.key}`: {describe_warnings(r.warnings)}")
     if failed:
         lines += ["", f"## Failed or blocked chunks ({ledger.bad_total})", ""]
         for r in failed[:FAILED_IN_ARTIFACT]:

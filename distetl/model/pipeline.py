@@ -49,6 +49,7 @@ class Pipeline:
         version: The code version of the one stage (derived from its code when None).
         stages: The stages of a multi-stage pipeline, upstream before downstream or in
             any order (the graph is sorted). Excludes plan/extract/target/transform/schema.
+        checks: Data checks of the one stage (see :class:`~distetl.model.stages.Stage`).
     """
 
     name: str
@@ -64,6 +65,7 @@ class Pipeline:
     description: str = field(default="", compare=False)
     version: Optional[str] = None
     stages: tuple[Any, ...] = ()
+    checks: Any = field(default=(), metadata={"distetl_added": True})
 
     def __post_init__(self) -> None:
         from distetl.model.stages import Stage
@@ -71,7 +73,7 @@ class Pipeline:
         if self.stages:
             object.__setattr__(self, "stages", tuple(self.stages))
             given = [n for n in ("plan", "extract", "target", "transform", "schema", "version")
-                     if getattr(self, n) is not None]
+                     if getattr(self, n) is not None] + (["checks"] if self.checks else [])
             if given:
                 raise ConfigError(
                     "either stages=[...] or one stage's plan/extract/target", f"both (stages and {', '.join(given)})",
@@ -98,8 +100,10 @@ class Pipeline:
             transform=self.transform, schema=self.schema, retries=self.retries,
             retry_delay_seconds=self.retry_delay_seconds, timeout_seconds=self.timeout_seconds,
             compression=self.compression, version=self.version, description=self.description,
+            checks=self.checks,
         )
         object.__setattr__(self, "_single", stage)
+        object.__setattr__(self, "checks", stage.checks)  # normalised
 
     @property
     def all_stages(self) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import pyarrow as pa
 
 from distetl.errors import ConfigError
+from distetl.model.checks import describe_checks, normalise_checks
 from distetl.model.inputs import Input, Source, normalise_inputs, normalise_sources
 from distetl.model.mappings import Identity, Mapping
 from distetl.model.plans import Plan
@@ -74,6 +75,11 @@ class Stage:
             (``{"rates": "s3://bucket/rates.csv"}``), fingerprinted by their listing stamp:
             replacing one makes the stage's chunks stale (``input``). A file read without
             being declared here is invisible to distetl.
+        checks: Data checks every chunk's output must pass before it is committed
+            (:mod:`distetl.model.checks`): a pandera ``DataFrameSchema`` or
+            ``DataFrameModel``, a callable ``check(df) -> bool | str``,
+            :func:`distetl.warn` of a callable, or a list of those. They are part of
+            the stage's code version.
     """
 
     name: str
@@ -92,6 +98,7 @@ class Stage:
     description: str = field(default="", compare=False)
     inputs: Any = field(default=(), metadata={"distetl_added": True})
     sources: Any = field(default=(), metadata={"distetl_added": True})
+    checks: Any = field(default=(), metadata={"distetl_added": True})
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"
@@ -118,6 +125,7 @@ class Stage:
                               "add upstream=... or drop the mapping", where=where)
         object.__setattr__(self, "_inputs", normalise_inputs(self.name, self.inputs, self.upstream, self.mapping))
         object.__setattr__(self, "_sources", normalise_sources(self.name, self.sources))
+        object.__setattr__(self, "checks", normalise_checks(where, self.checks))
         if not self._inputs:
             if self.plan is None or self.extract is None:
                 raise ConfigError(
@@ -163,13 +171,18 @@ class Stage:
     def code_version(self) -> str:
         """The stage's code version: ``version`` when set, else a digest of what its
         extract and transform do (:func:`distetl.model.codeversion.code_version`) and of its
-        target, schema and compression."""
+        target, schema and compression, and of its checks (their meaning: a pandera
+        schema's columns, types and checks with their parameters, and the code of any
+        function behind a check) when it has some."""
         if self.version:
             return str(self.version)
         from distetl.model.codeversion import code_version
 
-        return code_version(self.extract, self.transform, extra={
-            "target": self.target, "schema": str(self.schema), "compression": self.compression})
+        extra = {"target": self.target, "schema": str(self.schema), "compression": self.compression}
+        if not self.checks:
+            return code_version(self.extract, self.transform, extra=extra)
+        described, funcs = describe_checks(self.checks)
+        return code_version(self.extract, self.transform, *funcs, extra={**extra, "checks": described})
 
     @property
     def all_inputs(self) -> tuple[Input, ...]:

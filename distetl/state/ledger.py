@@ -30,7 +30,7 @@ ROWS_PER_GROUP = 5_000
 STATUSES = (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)
 
 _FIELDS = ("stage", "key", "path", "status", "rows", "bytes", "seconds", "attempts", "error", "worker",
-           "task_run_id", "traceback", "timed_out", "started", "ended", "record")
+           "task_run_id", "traceback", "timed_out", "started", "ended", "record", "warnings", "check_failed")
 
 
 def _schema() -> Any:
@@ -43,7 +43,7 @@ def _schema() -> Any:
         ("seconds", pa.float64()), ("attempts", pa.int32()), ("error", text),
         ("worker", pa.dictionary(pa.int32(), text)), ("task_run_id", pa.dictionary(pa.int32(), text)),
         ("traceback", text), ("timed_out", pa.bool_()), ("started", pa.float64()), ("ended", pa.float64()),
-        ("record", text),
+        ("record", text), ("warnings", text), ("check_failed", pa.bool_()),
     ])
 
 
@@ -65,6 +65,8 @@ class RunLedger:
         self.task_runs: dict[str, dict[str, Any]] = {}
         #: The first ``keep_failed`` failed or blocked results.
         self.bad: list[ChunkResult] = []
+        #: The first ``keep_failed`` results committed with data check warnings.
+        self.warned: list[ChunkResult] = []
         self.bad_total = 0
         self.keep_failed = keep_failed
         self.chunk_seconds = 0.0
@@ -94,6 +96,11 @@ class RunLedger:
             counts[status] += 1
             counts["rows"] += result.rows
             counts["bytes"] += result.bytes
+            if result.warnings:
+                counts["warned"] += 1
+                if len(self.warned) < self.keep_failed:
+                    self.warned.append(result)
+            counts["check_failed"] += 1 if result.check_failed else 0
             self.chunk_seconds += result.seconds
             if status in (FAILED, BLOCKED):
                 self.bad_total += 1
@@ -209,4 +216,4 @@ class RunLedger:
 
 
 def _zero() -> dict[str, int]:
-    return {**{s: 0 for s in STATUSES}, "rows": 0, "bytes": 0}
+    return {**{s: 0 for s in STATUSES}, "rows": 0, "bytes": 0, "warned": 0, "check_failed": 0}

@@ -125,7 +125,9 @@ class RunReport:
         return self.ledger.count(BLOCKED)
 
     def stage_summary(self) -> list[dict[str, Any]]:
-        """Per stage: total, written, skipped, failed, blocked, not run, rows."""
+        """Per stage: total, written, skipped, failed, blocked, not run, rows, and the
+        chunks that failed a data check (counted in failed too) or committed with a
+        warning-level one (``check_failed``, ``warned``)."""
         out = []
         for counts in self.stages or [{"name": self.pipeline, "total": self.total, "to_run": self.to_run}]:
             ran = dict(self.ledger.counts.get(counts["name"]) or {})
@@ -136,7 +138,8 @@ class RunReport:
                 "name": counts["name"], "total": counts["total"], "written": ran.get(WRITTEN, 0),
                 "skipped": counts["total"] - counts["to_run"] + ran.get(SKIPPED, 0), "failed": ran.get(FAILED, 0),
                 "blocked": ran.get(BLOCKED, 0), "not_run": ran.get(NOT_RUN, 0),
-                "rows": ran.get("rows", 0),
+                "rows": ran.get("rows", 0), "check_failed": ran.get("check_failed", 0),
+                "warned": ran.get("warned", 0),
             })
         return out
 

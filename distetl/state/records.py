@@ -64,6 +64,9 @@ class ChunkRecord:
         rows: Rows in the file.
         produced_at: When it was produced (UTC, ISO 8601).
         distetl: distetl's version.
+        checks: The warning-level data checks the chunk failed (check, column,
+            failing rows), empty when none; kept in the footer and the index's
+            ``record`` column, not in a typed column of its own.
     """
 
     key: str
@@ -76,6 +79,7 @@ class ChunkRecord:
     rows: int = 0
     produced_at: str = ""
     distetl: str = ""
+    checks: tuple = ()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ChunkRecord":
@@ -322,7 +326,7 @@ def index_table(rows: list[tuple[str, str, "ChunkRecord"]]) -> pa.Table:
 
 
 #: Record fields kept as index columns, in the order :meth:`StageIndex.load` reads them.
-_RECORD_COLUMNS = tuple(name for name in ChunkRecord.__dataclass_fields__ if name != "inputs")
+_RECORD_COLUMNS = tuple(name for name in ChunkRecord.__dataclass_fields__ if name not in ("inputs", "checks"))
 _INDEX_COLUMNS = ("path", "stamp", "inputs") + _RECORD_COLUMNS
 _COLUMN_TYPES = {"rows": pa.int64()}
 #: Every column of the index, in the order it is written.

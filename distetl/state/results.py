@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-__all__ = ["ChunkResult", "WRITTEN", "SKIPPED", "FAILED", "NOT_RUN", "BLOCKED"]
+__all__ = ["describe_warnings", "ChunkResult", "WRITTEN", "SKIPPED", "FAILED", "NOT_RUN", "BLOCKED"]
 
 WRITTEN = "written"
 SKIPPED = "skipped"
@@ -38,8 +39,31 @@ class ChunkResult:
     ended: float = 0.0
     #: The record committed with the file (JSON), for the stage's index; not in manifests.
     record: Optional[str] = field(default=None, repr=False)
+    #: The warning-level data checks the chunk failed, as JSON (``[{"check", "column",
+    #: "rows"}, ...]``), or None.
+    warnings: Optional[str] = None
+    #: The chunk failed an error-level data check (``error`` says which).
+    check_failed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("record", None)
         return data
+
+
+def describe_warnings(warnings: Any) -> str:
+    """A chunk's data check warnings (a record's ``checks`` or a result's JSON) on one
+    line: ``check on column c: n failing row(s); ...``."""
+    if isinstance(warnings, (str, bytes)):
+        try:
+            warnings = json.loads(warnings)
+        except ValueError:
+            return str(warnings)
+    parts = []
+    for w in warnings or ():
+        where = f" on column {w['column']}" if w.get("column") else ""
+        text = f"{w.get('check')}{where}: {w.get('rows')} failing row(s)"
+        if w.get("message"):
+            text += f" ({w['message']})"
+        parts.append(text)
+    return "; ".join(parts)
