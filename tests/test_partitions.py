@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import distetl
-from distetl import ChunkError, ChunkList, DateRange, FileList, IdRange, PlanError
+from distetl import ChunkError, ChunkList, DateRange, FileList, IdRange, PlanError, Product
 from distetl.engine.loader import load_pipeline
 from distetl.model.partitions import (
     HIVE_NULL, check_schema, convert_path_values, dataset_root, partition_layout, partition_values,
@@ -291,6 +291,11 @@ def _small_params(flow: Path, plan: distetl.Plan) -> dict:
         return {"items": tuple(plan.items)[:3]}
     if isinstance(plan, FileList):
         return {"paths": tuple(c["path"] for c in plan.chunks()[:3])}
+    if isinstance(plan, Product):  # each plan's parameters are the product's
+        params: dict = {}
+        for factor in plan.plans:
+            params.update(_small_params(flow, factor))
+        return params
     if plan.kind == "tpch":
         return {"sf": 0.01, "parts": 2}
     pytest.fail(f"Expected a way to run a small slice of {flow.name}; got plan {type(plan).__name__} "
@@ -326,5 +331,7 @@ def test_every_flow_reads_back_with_hive_partitioning(flow, tmp_path, prefect_ap
             assert table.schema.names.count(name) == 1, (flow.name, stage.name, name, table.schema.names)
         if layout.names:
             partitioned += 1
-            assert len(set(table.column(layout.names[-1]).to_pylist())) == chunks
+            # One partition (a value of each name: two for a date x origin key) per chunk.
+            values = set(zip(*(table.column(name).to_pylist() for name in layout.names)))
+            assert len(values) == chunks, (flow.name, stage.name)
     assert partitioned, f"{flow.name}: no stage's target has a name=value directory"
