@@ -85,6 +85,8 @@ class ChunkRecord:
     def from_json(cls, text: str | bytes) -> "ChunkRecord":
         data = json.loads(text)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "checks" in known:
+            known["checks"] = tuple(known["checks"] or ())
         return cls(**known)
 
     def to_json(self) -> str:
