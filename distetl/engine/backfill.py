@@ -462,7 +462,9 @@ def _execute(
                     rows.append(["?", plan.paths[j]])
                 elif (plan.name, j) in fresh_rows:
                     rows.append(fresh_rows[(plan.name, j)])
-                elif j in plan.committed and j not in redo:
+                elif j in redo:  # runs in this run, maybe done by the time chunk i is checked
+                    rows.append(["?", plan.paths[j]])
+                elif j in plan.committed:
                     record = planned.records[plan.name].get(j)
                     rows.append(record.rows if record is not None else None)
                 else:

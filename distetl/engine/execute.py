@@ -671,7 +671,7 @@ def run_batch(
             record = _chunk_record(job.record, chunk, inputs, storage, sent, outcome) if job.record else None
             result = run_chunk(stage, chunk, path, storage, context, force=job.force,
                                should_stop=should_stop, watch_stop=watch_stop, record=record,
-                               previous_rows=_previous_rows(job, n, outcome))
+                               previous_rows=_previous_rows(job, n, outcome, storage))
         outcome[path] = (result.status, record["data_version"] if result.status == WRITTEN and record else None,
                          result.rows if result.status == WRITTEN else None)
         results.append(result)
@@ -682,15 +682,22 @@ def run_batch(
     return results
 
 
-def _previous_rows(job: BatchJob, n: int, outcome: Mapping[str, tuple[Any, ...]]) -> list[int]:
+def _previous_rows(job: BatchJob, n: int, outcome: Mapping[str, tuple[Any, ...]], storage: Storage) -> list[int]:
     """The known row counts of chunk ``n``'s previous chunks: sent by the driver, or
-    (``["?", path]``) of a chunk committed earlier in this batch."""
+    (``["?", path]``, a chunk of this run) of a chunk committed earlier in this batch, or
+    from the footer of a chunk this run committed elsewhere meanwhile (one small read;
+    a file of another run, about to be replaced, does not count)."""
     if job.previous_rows is None:
         return []
     out = []
     for value in job.previous_rows[n]:
         if isinstance(value, (list, tuple)):
-            value = outcome.get(value[1], (None, None, None))[2]
+            here = outcome.get(value[1])
+            if here is not None:
+                value = here[2]
+            else:
+                record = read_record(storage, value[1])
+                value = record.rows if record is not None and record.run_id == job.record.get("run_id") else None
         if value is not None:
             out.append(int(value))
     return out

@@ -60,8 +60,8 @@ class RowCountCheck:
 
     The chunk fails when its rows are fewer than ``min_ratio`` × the median (or mean)
     rows of the ``previous`` chunks before it in the plan's order that are committed
-    when it is checked (their records in the index, or chunks committed earlier in the
-    same batch). With fewer than ``min_periods`` of them known, the rule is not
+    when it is checked (their records in the index; chunks this run committed earlier,
+    known to the driver or the batch, or read from their footers). With fewer than ``min_periods`` of them known, the rule is not
     evaluated (the chunk passes): the first chunks of a plan, and a first backfill's
     chunks whose neighbours run at the same time on other workers.
 
