@@ -11,12 +11,13 @@ import contextlib
 import os
 import signal
 import socket
+import shlex
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 import psutil
 
@@ -60,11 +61,15 @@ class DaskProcesses:
     Args:
         workdir: Folder for logs and worker scratch space (workers run with it as cwd,
             so they never see the test's flow files by path).
+        hide: Folders (existing, outside ``workdir``) hidden from the workers.
         env: Environment of every process (default: :func:`clean_env`).
     """
 
-    def __init__(self, workdir: Path, env: Optional[dict[str, str]] = None):
+    def __init__(self, workdir: Path, env: Optional[dict[str, str]] = None, hide: Sequence[Path] = ()):
         self.workdir = Path(workdir)
+        #: Folders the workers do not see: each worker runs in its own mount namespace
+        #: (``unshare -m``) with an empty tmpfs over each, as on a host with no shared disk.
+        self.hide = [str(Path(h).resolve()) for h in hide]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env = env if env is not None else clean_env()
         self.port = free_port()
@@ -73,12 +78,18 @@ class DaskProcesses:
         self.scheduler: Optional[subprocess.Popen] = None
         self.workers: list[subprocess.Popen] = []
 
-    def _spawn(self, args: list[str], log_name: str, extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log_name: str, extra_env: Optional[dict[str, str]] = None,
+               hide: Sequence[str] = ()) -> subprocess.Popen:
         log = open(self.workdir / log_name, "ab")
         env = {**self.env, **(extra_env or {})}
+        command = [sys.executable, "-m", "dask", *args]
+        if hide:  # a mount namespace of its own, an empty tmpfs over each hidden folder
+            script = 'for d in "$@"; do mount -t tmpfs distetl-hidden "$d" || exit 97; done; exec ' + " ".join(
+                shlex.quote(c) for c in command)
+            command = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *hide]
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "dask", *args], cwd=str(self.workdir), env=env,
+                command, cwd=str(self.workdir), env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:
@@ -116,7 +127,7 @@ class DaskProcesses:
                 "--death-timeout", "60"]
         if not nanny:
             args.append("--no-nanny")
-        proc = self._spawn(args, f"worker-{name}.log", extra_env=extra_env)
+        proc = self._spawn(args, f"worker-{name}.log", extra_env=extra_env, hide=self.hide)
         self.workers.append(proc)
         return proc
 

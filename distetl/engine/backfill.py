@@ -28,7 +28,7 @@ from distetl.model.partitions import check_schema, dataset_root
 from distetl.model.pipeline import Pipeline
 from distetl.model.plans import Plan
 from distetl.engine.prefect_api import quiet_prefect_env
-from distetl.engine.runners import EarlyCluster, RunnerSpec
+from distetl.engine.runners import EarlyCluster, RunnerSpec, worker_paths
 from distetl.engine.stopping import RunInterrupted, StopSignal
 from distetl.model.graph import StageGraph, StagePlan, check_distinct_paths, decide
 from distetl.state.records import ChunkRecord, StageIndex, StageRecords
@@ -391,7 +391,9 @@ def run(
     started = time.perf_counter()
     spec = runner if isinstance(runner, RunnerSpec) else RunnerSpec.from_options(runner, workers, scheduler)
     planned = plan(pipeline, output, params, storage_options, force, stages, stale)
-    facts = spec.check(planned.pipeline if planned.to_run and not dry_run else None)
+    will_run = planned.to_run and not dry_run
+    facts = spec.check(planned.pipeline if will_run else None,
+                       worker_paths(planned) if will_run and spec.kind == "remote" else ())
     counts = planned.stage_counts()
     report = RunReport(
         pipeline=pipeline.name, output=planned.targets.output, runner=spec.describe(),

@@ -8,16 +8,18 @@ driver's distetl and Python, and every worker can load the flow's code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 from distetl.engine.clusters import check_cluster, cluster_conflicts, cluster_runner, threads_per_worker
 from distetl.errors import ClusterError, ConfigError
+from distetl.model.plans import FileList
 
 __all__ = ["RunnerSpec", "ClusterFacts", "SCHEDULER_ENV", "local_cluster", "probe_cluster"]
 
@@ -153,20 +155,24 @@ class RunnerSpec:
             return None
         return self.scheduler if "://" in self.scheduler else f"tcp://{self.scheduler}"
 
-    def check(self, pipeline: Any = None) -> Optional[ClusterFacts]:
+    def check(self, pipeline: Any = None, paths: Sequence[tuple[str, str]] = ()) -> Optional[ClusterFacts]:
         """Fail fast when a remote cluster cannot run the backfill.
 
         Checks, each within ``connect_timeout``: the address is well formed; a TCP
         connection opens; the listener answers as a Dask scheduler; at least one worker
         is connected; every worker imports the driver's distetl version under the same
         Python minor version; and, given a pipeline, every worker can load the flow's
-        code (the shipped flow file and everything it imports).
+        code (the shipped flow file and everything it imports); and, given paths, every
+        worker sees the driver's local output folder and local sources (a remote
+        worker on another host does not: a run would write its output where the
+        driver cannot read it).
 
         For a cluster the run starts (``cluster``, or ``local`` with options): the class
         imports and accepts the options and ``adapt`` keys (:func:`distetl.engine.clusters.check_cluster`).
 
         Args:
             pipeline: The pipeline to check the workers can load (optional).
+            paths: Local paths every worker must see (see :func:`worker_paths`).
 
         Returns:
             What was learned about the cluster, or None for local runners.
@@ -203,7 +209,7 @@ class RunnerSpec:
                 f"{SCHEDULER_ENV}; check firewalls between here and the scheduler; raise --connect-timeout "
                 "for slow networks",
             ) from None
-        return probe_cluster(address, self.connect_timeout, pipeline)
+        return probe_cluster(address, self.connect_timeout, pipeline, paths)
 
     def task_runner(self) -> Any:
         """The Prefect task runner for this spec."""
@@ -301,6 +307,116 @@ def _worker_facts_function() -> Any:
     return namespace["worker_facts"]
 
 
+# Runs on each worker (by value, as above): which of the driver's local paths it cannot see.
+_SEES_SOURCE = '''
+def unseen(paths, probe, token):
+    import os
+    out = [path for _, path in paths if not os.path.exists(path)]
+    if probe is not None:
+        try:
+            with open(probe) as f:
+                seen = f.read() == token
+        except OSError:
+            seen = False
+        if not seen:
+            out.insert(0, probe)
+    return out
+'''
+
+
+def _unseen_function() -> Any:
+    namespace: dict[str, Any] = {"__name__": "distetl_worker_probe"}
+    exec(compile(_SEES_SOURCE, "<distetl path probe>", "exec"), namespace)
+    return namespace["unseen"]
+
+
+def _check_paths_seen(client: Any, facts: Mapping[str, Mapping[str, Any]], paths: Sequence[tuple[str, str]]) -> None:
+    """Every worker sees the driver's local output folder and local sources, or a
+    ClusterError (exit 2) before any compute.
+
+    The output folder is proved by a probe file with a random token that the driver
+    writes under ``{output}/_distetl/`` and every worker reads back (a folder of the same
+    name on the worker's own disk does not pass); the probe, and the folders made for it,
+    are removed before this returns. A source file must exist on every worker.
+    """
+    import uuid
+
+    output = next((path for what, path in paths if what == OUTPUT_FOLDER), None)
+    sources = [(what, path) for what, path in paths if what != OUTPUT_FOLDER]
+    probe = token = None
+    made: list[str] = []
+    try:
+        if output is not None:
+            folder = os.path.join(output, "_distetl")
+            missing = folder
+            while missing and not os.path.exists(missing):
+                made.append(missing)
+                missing = os.path.dirname(missing)
+            os.makedirs(folder, exist_ok=True)
+            token = uuid.uuid4().hex
+            probe = os.path.join(folder, f".probe-{token}")
+            with open(probe, "w") as f:
+                f.write(token)
+        found = client.run(_unseen_function(), list(sources), probe, token)
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.remove(probe)
+        for folder in made:  # deepest first; only folders this made, and only if empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+    blind = {worker: unseen for worker, unseen in found.items() if unseen}
+    if not blind:
+        return
+    worker, unseen = sorted(blind.items())[0]
+    host = facts.get(worker, {}).get("host", "?")
+    first = unseen[0]
+    what, path = ((OUTPUT_FOLDER, output) if first == probe else
+                  next((w, p) for w, p in sources if p == first))
+    raise ClusterError(
+        f"{what} {path} visible at the same path to every Dask worker (a local path: the workers "
+        f"{'write it' if what == OUTPUT_FOLDER else 'read it'} themselves)",
+        f"{len(blind)} of {len(found)} worker(s) do not see it, e.g. worker {worker} (host {host})"
+        + (" (a probe file the driver wrote there did not reach it)" if what == OUTPUT_FOLDER else ""),
+        "use an object store URL for it (s3://bucket/...; credentials through --storage-option or the "
+        "environment), or a folder mounted at the same path on every worker host (NFS, a shared volume)",
+    )
+
+
+#: How :func:`worker_paths` names the output folder.
+OUTPUT_FOLDER = "the output folder"
+
+
+def worker_paths(planned: Any) -> list[tuple[str, str]]:
+    """The local paths a remote run's workers must see: the output folder (when local)
+    and, of each stage with chunks to run, one local file of each declared source and
+    its file plan's first file to run. Object store URLs are not checked (every host
+    reaches them with the run's storage options)."""
+    out: list[tuple[str, str]] = []
+    if planned.targets.storage.is_local:
+        out.append((OUTPUT_FOLDER, planned.targets.storage.normalize(planned.output)))
+    for p in planned.stages:
+        need = planned.need.get(p.name) or ()
+        if not need:
+            continue
+        for name, (_, files) in p.sources.items():
+            if files and _local(files[0]):
+                out.append((f"declared source {name!r} of stage {p.name!r}", _plain(files[0])))
+        first = p.chunks[need[0]]
+        path = first.fields.get("path") if hasattr(first, "fields") else None
+        if isinstance(path, str) and isinstance(p.stage.plan, FileList) and _local(path):
+            out.append((f"the source file of chunk {first.key} of stage {p.name!r}", _plain(path)))
+    return out
+
+
+def _local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _plain(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 def load_flow_on_worker(sources: list[Any], blob: bytes) -> Optional[str]:
     """Load the flow's shipped files and unpickle its pipeline, as a batch would.
 
@@ -363,13 +479,17 @@ def _identity(address: str, timeout: float) -> dict[str, Any]:
     return asyncio.run(ask())
 
 
-def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> ClusterFacts:
+def probe_cluster(address: str, timeout: float, pipeline: Any = None,
+                  paths: Sequence[tuple[str, str]] = ()) -> ClusterFacts:
     """Connect to a scheduler and check it can run distetl batches.
 
     Args:
         address: ``tcp://HOST:PORT`` or ``tls://HOST:PORT``.
         timeout: Seconds for the Dask handshake and for the first worker to appear.
         pipeline: If given, check every worker can load it (flow files included).
+        paths: Local paths the workers must see, as (what, path): the output folder
+            (proved by a probe file the driver writes there and every worker reads,
+            removed after) and local source files (each must exist on every worker).
 
     Raises:
         ClusterError: On the first problem, naming the address (and worker) and the fix.
@@ -463,6 +583,8 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None) -> Cluster
                         f"worker {worker} (host {facts[worker].get('host', '?')}): {error}",
                         _hint_for(error),
                     )
+        if paths:
+            _check_paths_seen(client, facts, paths)
         dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
         return ClusterFacts(address=address, workers=facts, dashboard=dashboard)
 
