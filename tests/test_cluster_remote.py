@@ -146,8 +146,13 @@ def test_workers_missing_a_dependency_fail_before_any_chunk_runs(cluster, flow_f
     log = tmp_path / "exec.log"
     path = flow_file(logged_flow_source(log, n_days=3, sleep=0.0, extra="import helper_only_here"),
                      name="needs_helper.py")
-    (path.parent / "helper_only_here.py").write_text("VALUE = 1\n")
-    pipeline = load_pipeline(str(path))  # fine on the driver: the helper sits beside the file
+    # On the driver's path, not beside the flow (modules beside it travel with it):
+    # fine on the driver, missing on the workers.
+    elsewhere = tmp_path / "driver-only"
+    elsewhere.mkdir()
+    (elsewhere / "helper_only_here.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(elsewhere))
+    pipeline = load_pipeline(str(path))
 
     with pytest.raises(ClusterError) as caught:
         distetl.run(pipeline, str(tmp_path / "out"), scheduler=cluster.address)

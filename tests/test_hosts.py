@@ -18,6 +18,7 @@ from distetl.engine.loader import load_pipeline
 
 from cluster_helpers import DaskProcesses, clean_env
 from conftest import cli
+from s3_server import ACCESS_KEY, SECRET_KEY, S3Server, isolate_aws_env
 
 FLOW = '''
 import os
@@ -90,3 +91,44 @@ def test_a_remote_run_refuses_a_local_output_or_source_its_workers_cannot_see(tm
         assert report.ok and report.written == 3
         assert [p.name for p in (visible / "_distetl").iterdir() if p.name.startswith(".probe")] == []
         assert len(list((visible / "numbers").rglob("*.parquet"))) == 3
+
+
+FLOW_HELPERS = '''
+import pandas as pd
+from distetl import ChunkList, Pipeline
+from helpers import double
+from flowlib.scale import TEN
+
+pipeline = Pipeline(name="beside", plan=ChunkList([1, 2, 3], key_field="n"),
+                    extract=lambda chunk: pd.DataFrame({"n": [chunk["n"]], "value": [double(chunk["n"]) * TEN]}),
+                    target="{output}/beside/n={n}/part-0.parquet")
+'''
+
+
+def test_modules_beside_the_flow_reach_workers_that_do_not_see_its_folder(tmp_path, flow_file, monkeypatch,
+                                                                           prefect_api):
+    """The flow's folder is hidden from the workers; its helper module and package travel
+    with the flow file, and the output goes to S3 (moto on loopback)."""
+    path = flow_file(FLOW_HELPERS, "besideflow.py")
+    (path.parent / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    (path.parent / "flowlib").mkdir()
+    (path.parent / "flowlib" / "__init__.py").write_text("")
+    (path.parent / "flowlib" / "scale.py").write_text("from flowlib import __name__ as _pkg\nTEN = 10\n")
+    isolate_aws_env(monkeypatch, tmp_path)
+    server = S3Server().start()
+    try:
+        bucket = server.create_bucket("distetl-hosts")
+        options = {"endpoint_url": server.endpoint, "key": ACCESS_KEY, "secret": SECRET_KEY}
+        with DaskProcesses(tmp_path / "dask", env=clean_env(), hide=[path.parent]) as procs:
+            procs.start(n_workers=2)
+            report = distetl.run(load_pipeline(str(path)), f"{bucket}/out", scheduler=procs.address,
+                                 storage_options=options)
+        assert report.ok and report.written == 3, report.failed[:1]
+        import pyarrow.dataset as ds
+        import s3fs
+
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": server.endpoint}, key=ACCESS_KEY, secret=SECRET_KEY)
+        table = ds.dataset("distetl-hosts/out/beside", filesystem=fs, partitioning="hive").to_table()
+        assert sorted(table.column("value").to_pylist()) == [20, 40, 60]
+    finally:
+        server.stop()

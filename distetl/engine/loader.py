@@ -30,6 +30,8 @@ class FlowSource:
 
 
 _SOURCES: dict[str, FlowSource] = {}
+#: Flow module → the modules from its own folder it imported (shipped with it, first).
+_BESIDE: dict[str, list[str]] = {}
 
 
 def loaded_sources() -> list[FlowSource]:
@@ -52,6 +54,8 @@ def sources_for(blob: bytes) -> list[FlowSource]:
                 names.add(arg)
     except Exception:  # noqa: BLE001 - unreadable pickle: ship every loaded flow file
         return loaded_sources()
+    for name in list(names):
+        names.update(_BESIDE.get(name, ()))
     return [src for name, src in _SOURCES.items() if name in names]
 
 
@@ -60,7 +64,9 @@ def ensure_modules(sources: list[FlowSource]) -> None:
 
     A module shipped earlier with other source (the flow file was edited between two
     runs on a long-lived cluster) is executed again, so workers never run stale code.
-    A module this process loaded from the file itself is left alone.
+    A module this process loaded from the file itself (or installed) is left alone.
+    Modules from the flow's folder come before the flow that imports them; a package's
+    ``__init__`` becomes a package (its submodules, shipped too, import from it).
     """
     for src in sources:
         previous = sys.modules.get(src.module)
@@ -68,6 +74,8 @@ def ensure_modules(sources: list[FlowSource]) -> None:
             continue
         module = ModuleType(src.module)
         module.__file__ = src.path
+        if os.path.basename(src.path) == "__init__.py":
+            module.__path__ = []  # type: ignore[attr-defined]
         module.__distetl_source__ = src.source  # type: ignore[attr-defined]
         sys.modules[src.module] = module
         try:
@@ -103,22 +111,44 @@ def _module_from_path(path: str) -> ModuleType:
     added = directory not in sys.path
     if added:
         sys.path.insert(0, directory)
+    before = set(sys.modules)
     try:
         spec.loader.exec_module(module)
     finally:
         if added:
             sys.path.remove(directory)
+    beside = _ship_beside(directory, [m for m in sys.modules if m not in before and m != name])
+    _BESIDE[name] = list(dict.fromkeys([*_BESIDE.get(name, ()), *beside]))  # a reload imports nothing new
     with open(full, encoding="utf-8") as handle:
         _SOURCES[name] = FlowSource(name, full, handle.read())
     return module
+
+
+def _ship_beside(directory: str, imported: Sequence[str]) -> list[str]:
+    """Keep the source of the modules the flow file imported from its own folder (a
+    ``helpers.py`` beside it, a package under it) so they travel with it: a worker on
+    another host has the flow's folder neither on disk nor on its path. Returns their
+    names, in import order (a package before its submodules)."""
+    root = os.path.join(os.path.abspath(directory), "")
+    out = []
+    for module_name in imported:
+        path = getattr(sys.modules.get(module_name), "__file__", None)
+        if not path or not path.endswith(".py") or not os.path.abspath(path).startswith(root):
+            continue
+        if module_name not in _SOURCES:
+            with open(path, encoding="utf-8") as handle:
+                _SOURCES[module_name] = FlowSource(module_name, os.path.abspath(path), handle.read())
+        out.append(module_name)
+    return out
 
 
 def load_pipeline(ref: str) -> Pipeline:
     """Load the Pipeline a flow file (or ``package.module:attr``) defines.
 
     A flow file's source is kept (:func:`loaded_sources`) and shipped with every task, so
-    Dask workers that never saw the file run it (:func:`ensure_modules`). Code the file
-    imports from elsewhere must be installed on the workers.
+    Dask workers that never saw the file run it (:func:`ensure_modules`), with the
+    modules it imports from its own folder (a ``helpers.py`` beside it, a package under
+    it). Code the file imports from elsewhere must be installed on the workers.
 
     Raises:
         ConfigError: If the file is missing or defines no (or several) pipelines.

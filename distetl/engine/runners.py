@@ -448,8 +448,8 @@ def _hint_for(error: str) -> str:
         name = error.split("No module named", 1)[-1].strip(" '\"").split("'")[0] if "No module named" in error else ""
         what = f"`{name}`" if name else "the missing package"
         return (f"install {what} in the Python environment of every worker host (the same "
-                "environment that runs `dask worker`) and restart the workers; code the flow "
-                "file imports from beside it must be installed as a package on the workers")
+                "environment that runs `dask worker`) and restart the workers (modules in the flow "
+                "file's own folder travel with it; code it imports from anywhere else must be installed)")
     return "fix the flow file (it fails when a worker loads it) or the worker's environment"
 
 
