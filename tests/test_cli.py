@@ -78,3 +78,21 @@ def test_read_only_commands_exit_with_their_code_and_their_whole_output(tmp_path
         f"{sys.executable} -m distetl.cli status {NYC} --output {out} --json --start 2013-01-01 --end 2013-03-31 | head -c 20",
         shell=True, capture_output=True, text=True, cwd=str(REPO))
     assert piped.stdout == status.stdout[:20] and "Traceback" not in piped.stderr, piped.stderr
+
+
+def test_a_flow_file_that_raises_while_it_loads_exits_2_naming_its_line(tmp_path):
+    """Exit 2 with the flow file's line and its own frames, not a traceback through distetl."""
+    import os
+    import subprocess
+    import sys
+
+    flow = tmp_path / "raises.py"
+    flow.write_text("import os\nfrom distetl import Pipeline\n\n\nX = os.environ['DISTETL_TEST_UNSET_X']\n")
+    env = {k: v for k, v in os.environ.items() if k != "DISTETL_TEST_UNSET_X"}
+    failed = subprocess.run([sys.executable, "-m", "distetl.cli", "run", str(flow), "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
+    assert failed.returncode == 2, failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert f"loading {flow} raised KeyError: 'DISTETL_TEST_UNSET_X' ({flow}:5)" in message
+    assert "Traceback" not in failed.stderr and "distetl/engine" not in failed.stderr
+    assert not (tmp_path / "out").exists()

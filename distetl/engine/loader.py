@@ -114,6 +114,12 @@ def _module_from_path(path: str) -> ModuleType:
     before = set(sys.modules)
     try:
         spec.loader.exec_module(module)
+    except DistetlError:
+        sys.modules.pop(name, None)
+        raise
+    except Exception as exc:  # the flow file's own error: its frames only, exit 2
+        sys.modules.pop(name, None)
+        raise _load_error(path, full, directory, exc) from None
     finally:
         if added:
             sys.path.remove(directory)
@@ -122,6 +128,23 @@ def _module_from_path(path: str) -> ModuleType:
     with open(full, encoding="utf-8") as handle:
         _SOURCES[name] = FlowSource(name, full, handle.read())
     return module
+
+
+def _load_error(path: str, full: str, directory: str, exc: BaseException) -> ConfigError:
+    """A flow file that raises while it is imported, as a ConfigError naming the line,
+    with the frames of the flow's own files only (not distetl's or importlib's)."""
+    import traceback
+
+    root = os.path.join(directory, "")
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename).startswith(root)]
+    where = f" ({path}:{frames[-1].lineno})" if frames else ""
+    shown = "".join(f"\n  File {f.filename!r}, line {f.lineno}: {f.line}" for f in frames[-5:])
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return ConfigError(
+        f"the flow file {path} to load",
+        f"loading {path} raised {type(exc).__name__}: {text}{where}{shown}",
+        "fix the flow file at that line (or set what it reads there, e.g. an environment variable)",
+    )
 
 
 def _ship_beside(directory: str, imported: Sequence[str]) -> list[str]:
