@@ -267,6 +267,7 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
         stages.append({"name": c["name"], "total": c["total"], "fresh": c["fresh"], "stale": c["stale"],
                        "stale_by_cause": causes[p.name], "missing": c["missing"],
                        "failed_last_run": failed.get(p.name, 0), "committed": c["committed"],
+                       "corrupt": len(planned.corrupt.get(p.name, ())),
                        "version": planned.versions.get(p.name)})
         if p.name in warned:  # a stage with data checks
             stages[-1].update({"check_failed_last_run": check_failed.get(p.name, 0),
@@ -293,7 +294,9 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
         console.print(table)
         for row in stages:
             console.print(f"{row['name']}: {row['committed']} of {row['total']} chunks committed "
-                          f"({row['fresh']} fresh, {row['stale']} stale); {row['missing']} missing")
+                          f"({row['fresh']} fresh, {row['stale']} stale); {row['missing']} missing"
+                          + (f" ({row['corrupt']} corrupt: not readable Parquet files, moved aside and redone by "
+                             "`distetl run`)" if row["corrupt"] else ""), soft_wrap=True)
             if row.get("check_failed_last_run") or row.get("warned"):
                 by_check = "; ".join(f"{name}: {rows} row(s)" for name, rows in row["warnings_by_check"].items())
                 console.print(f"  data checks: {row['check_failed_last_run']} chunk(s) failed in the last run; "
@@ -324,6 +327,10 @@ def _explain(planned: Any, key: str, console: Console) -> int:
         found = True
         record = planned.records.get(p.name, {}).get(index)
         head = f"{p.name}:{key}"
+        if index in planned.corrupt.get(p.name, ()):
+            console.print(f"{head}: corrupt ({p.paths[index]} is not a readable Parquet file: counted as missing; "
+                          "`distetl run` moves it aside and redoes the chunk)", highlight=False, soft_wrap=True)
+            continue
         if index not in p.committed:
             console.print(f"{head}: missing ({p.paths[index]} does not exist)", highlight=False, soft_wrap=True)
             continue

@@ -22,6 +22,7 @@ from distetl.state.lease import RunLease, TakenOver, parse_time
 from distetl.state.leftovers import remove_leftovers
 from distetl.model.chunkseq import IndexSet
 from distetl.state.ledger import RunLedger
+from distetl.storage import _hide_userinfo as _hide
 from distetl.storage.listing import Listing
 from distetl.state.manifest import RunReport, now_iso
 from distetl.model.partitions import check_schema, dataset_root
@@ -67,6 +68,9 @@ class PlannedRun:
     versions: dict[str, str] = field(default_factory=dict)
     #: Footers read because the index did not cover the file (0 when it did).
     footers_read: int = 0
+    #: Stage → chunks whose target is not a readable Parquet file (truncated, or another
+    #: tool's): counted as missing; a run moves each aside before redoing it.
+    corrupt: dict[str, list[int]] = field(default_factory=dict)
     #: Stage → its plan as used: parameters applied, relative dates resolved.
     used_plans: dict[str, Plan] = field(default_factory=dict)
 
@@ -241,8 +245,12 @@ def _find_stale(planned: PlannedRun) -> None:
         planned.versions[p.name] = p.stage.code_version()
         index = StageIndex(storage, planned.output, planned.pipeline.name, p.name)
         records = StageRecords.join(storage, p.targets, p.committed, index, p.paths)
-        planned.footers_read += len(records.footers)
+        planned.footers_read += len(records.footers) + len(records.corrupt)
         planned.records[p.name] = records
+        for i in records.corrupt:  # not a Parquet file at the target: not committed
+            p.committed.discard(i)
+        if records.corrupt:
+            planned.corrupt[p.name] = list(records.corrupt)
     accepted = Acceptance.from_json(storage.read_bytes(acceptance_path(planned.output, planned.pipeline.name)))
     planned.stale = classify(planned.stages, planned.records, planned.versions, accepted)
 
@@ -409,6 +417,7 @@ def run(
     with _hold_lease(planned, report, console) as lease, StopSignal(on_second=lambda signum: console.print(
             f"[red]second {'SIGINT' if signum == signal.SIGINT else 'SIGTERM'}[/]: exiting at once; "
             "committed chunks stay; rerun to do the rest")) as stop:
+        report.corrupt_moved = _move_corrupt(planned, report.run_id, console)
         if planned.to_run and not stop.stopped:
             _execute(planned, spec, report, force, chunks_per_task, console, progress, record_timeout,
                      dict(storage_options or {}), facts.threads if facts else None, stop,
@@ -420,6 +429,32 @@ def run(
     if stop.stopped:
         raise RunInterrupted(report, stop.signum or signal.SIGINT)
     return report
+
+
+def _move_corrupt(planned: PlannedRun, run_id: str, console: Console) -> list[str]:
+    """Move every target that is not a readable Parquet file aside, to
+    ``{output}/_distetl/{pipeline}/corrupt/{stage}/{key}-{run}.parquet``, so its chunk is
+    redone (it counts as missing) and nothing is lost. Returns where each went."""
+    import os
+    import re
+
+    storage = planned.targets.storage
+    moved = []
+    for p in planned.stages:
+        for i in planned.corrupt.get(p.name, ()):
+            source = p.paths[i]
+            key = re.sub(r"[^A-Za-z0-9_.=-]", "_", p.chunks[i].key)
+            target = f"{planned.output.rstrip('/')}/_distetl/{planned.pipeline.name}/corrupt/{p.name}/" \
+                     f"{key}-{run_id[:8]}.parquet"
+            if storage.is_local:
+                os.makedirs(os.path.dirname(storage.normalize(target)), exist_ok=True)
+                os.replace(storage.normalize(source), storage.normalize(target))
+            else:
+                storage.fs.mv(source, target)
+            console.print(f"[yellow]moved aside[/] {_hide(source)} (not a readable Parquet file: its chunk "
+                          f"{p.name}:{p.chunks[i].key} is redone) -> {_hide(target)}", highlight=False, soft_wrap=True)
+            moved.append(target)
+    return moved
 
 
 def _execute(

@@ -80,6 +80,9 @@ class RunReport:
     crashed_runs_marked: list[str] = field(default_factory=list)
     #: Temp files of killed writes beside this run's targets that it removed.
     leftovers_removed: int = 0
+    #: Targets that were not readable Parquet files, moved aside before their chunks ran
+    #: again (where each went: ``{output}/_distetl/{pipeline}/corrupt/{stage}/``).
+    corrupt_moved: list[str] = field(default_factory=list)
 
     #: Every chunk result of the run, counted and spilled to disk (see distetl.state.ledger).
     ledger: RunLedger = field(default_factory=lambda: RunLedger(()), repr=False, compare=False)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = ["ChunkRecord", "RECORD_KEY", "StageIndex", "StageRecords", "data_version", "index_entries", "index_table",
-           "read_record"]
+           "read_record", "read_footer", "CORRUPT"]
 
 #: Parquet key-value metadata key of a chunk's record.
 RECORD_KEY = b"distetl.record"
@@ -96,14 +96,31 @@ class ChunkRecord:
 def read_record(storage: Any, url: str) -> Optional[ChunkRecord]:
     """The record in one file's footer (one small read); None if it has none (written
     by an older distetl or another tool) or cannot be read."""
+    return read_footer(storage, url)[0]
+
+
+#: What :func:`read_footer` returns for a file that is not a readable Parquet file.
+CORRUPT = "corrupt"
+
+
+def read_footer(storage: Any, url: str) -> tuple[Optional[ChunkRecord], Optional[str]]:
+    """The record in one file's footer, and ``CORRUPT`` when the file is not a readable
+    Parquet file (truncated, or something else at the target: Arrow cannot read its
+    footer), None otherwise (a file that cannot be opened is not called corrupt)."""
     try:
         if storage.is_local:
             metadata = pq.read_metadata(storage.normalize(url))
         else:
             with storage.open(url, "rb") as handle:
                 metadata = pq.read_metadata(handle)
+    except pa.ArrowInvalid:
+        return None, CORRUPT
     except (OSError, pa.ArrowException):
-        return None
+        return None, None
+    return _footer_record(metadata), None
+
+
+def _footer_record(metadata: Any) -> Optional[ChunkRecord]:
     raw = (metadata.metadata or {}).get(RECORD_KEY)
     if raw is None:
         return None
@@ -390,6 +407,8 @@ class StageRecords:
         self.table = table
         self.footers = footers
         self._cache: Optional[dict[int, Optional[ChunkRecord]]] = None
+        #: Chunks whose target is not a readable Parquet file (left out of ``committed``).
+        self.corrupt: list[int] = []
 
     @classmethod
     def join(cls, storage: Any, targets: Any, committed: Any, index: "StageIndex",
@@ -412,11 +431,20 @@ class StageRecords:
             del keys
         unread = chosen[rows < 0].tolist()
         footers: dict[int, Optional[ChunkRecord]] = {}
+        corrupt: list[int] = []
         if unread:
             with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(unread))) as pool:
-                for i, record in zip(unread, pool.map(lambda i: read_record(storage, paths[i]), unread)):
-                    footers[i] = record
-        return cls(chosen, rows, table, footers, index)
+                for i, (record, state) in zip(unread, pool.map(lambda i: read_footer(storage, paths[i]), unread)):
+                    if state == CORRUPT:
+                        corrupt.append(i)
+                    else:
+                        footers[i] = record
+        if corrupt:  # not committed: what sits at the target is no Parquet file
+            keep = ~np.isin(chosen, np.asarray(corrupt, dtype=np.int64))
+            chosen, rows = chosen[keep], rows[keep]
+        out = cls(chosen, rows, table, footers, index)
+        out.corrupt = corrupt
+        return out
 
     def __len__(self) -> int:
         return len(self.committed)
