@@ -241,3 +241,39 @@ def test_two_runs_of_the_same_backfill_at_once_one_is_refused(tmp_path, flow_fil
     manifests = list((out / "_distetl" / "logged" / "runs").glob("*.json"))
     assert len(manifests) == 1
     assert not (out / "_distetl" / "logged" / "lease.json").exists()
+
+
+def test_runs_starting_together_on_a_new_output_all_pass_the_workers_path_check(tmp_path):
+    """Before its lease, a remote run proves the workers see the output folder with a probe
+    file under ``{output}/_distetl/`` and removes the folders it made. Runs starting at the
+    same moment on a new output must not trip over each other's cleanup (it once raised
+    FileNotFoundError in the second run: exit 1 instead of the lease's exit 2)."""
+    from distributed import Client, LocalCluster
+
+    from distetl.engine.runners import OUTPUT_FOLDER, _check_paths_seen
+
+    errors: list[str] = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        facts = {w: {"host": "here"} for w in client.scheduler_info()["workers"]}
+
+        def check(out: str, barrier: threading.Barrier, delay: float) -> None:
+            barrier.wait()
+            time.sleep(delay)  # staggered: one run's cleanup meets another's start
+            try:
+                _check_paths_seen(client, facts, [(OUTPUT_FOLDER, out)])
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        for i in range(60):
+            out = str(tmp_path / f"out{i}")
+            barrier = threading.Barrier(3)
+            threads = [threading.Thread(target=check, args=(out, barrier, j * (i % 12) * 0.0005))
+                       for j in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            left = [p.name for p in Path(out).rglob("*") if p.is_file()]
+            assert left == [], f"the check left its probe files behind: {left}"
+    assert errors == []

@@ -352,11 +352,19 @@ def _check_paths_seen(client: Any, facts: Mapping[str, Mapping[str, Any]], paths
             while missing and not os.path.exists(missing):
                 made.append(missing)
                 missing = os.path.dirname(missing)
-            os.makedirs(folder, exist_ok=True)
             token = uuid.uuid4().hex
             probe = os.path.join(folder, f".probe-{token}")
-            with open(probe, "w") as f:
-                f.write(token)
+            for attempt in range(20):
+                # Another run starting on the same output at the same moment removes the
+                # folders it made once its own probe is gone: make them again and retry.
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                    with open(probe, "w") as f:
+                        f.write(token)
+                    break
+                except (FileNotFoundError, FileExistsError):
+                    if attempt == 19:
+                        raise
         found = client.run(_unseen_function(), list(sources), probe, token)
     finally:
         if probe is not None:
