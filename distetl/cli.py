@@ -200,6 +200,11 @@ def _print_report(report: Any, console: Console) -> None:
     from distetl.engine.progress import summary_table
 
     console.print(summary_table(report))
+    from distetl.state.ledger import describe_chunk_times
+
+    for stage, times in (report.chunk_times or {}).items():
+        console.print(f"chunk time, {stage or report.pipeline}: {describe_chunk_times(times)}", highlight=False,
+                      soft_wrap=True)
     if report.failed:
         more = report.failed_count - len(report.failed[:50])
         table = Table(title="failed chunks (rerun to redo them)" + (f"; {more} more in the run's per-chunk file"
@@ -226,17 +231,22 @@ def _print_report(report: Any, console: Console) -> None:
             console.print(f"flow run: {report.flow_run_url}", highlight=False, soft_wrap=True)
 
 
-def _last_failed(planned: Any, column: str = "failed") -> dict[str, int]:
-    """Per stage, the chunks that failed in the last run (from its manifest); with
-    ``column="check_failed"``, those that failed a data check."""
+def _last_run(planned: Any) -> dict[str, Any]:
+    """The ``latest.json`` pointer of the pipeline's last run ({} if none)."""
     from distetl.state.manifest import manifest_dir
 
     data = planned.targets.storage.read_bytes(f"{manifest_dir(planned.output, planned.pipeline.name)}/latest.json")
-    if not data:
-        return {}
     try:
-        last = json.loads(data)
+        return json.loads(data) if data else {}
     except ValueError:
+        return {}
+
+
+def _last_failed(planned: Any, column: str = "failed") -> dict[str, int]:
+    """Per stage, the chunks that failed in the last run (from its manifest); with
+    ``column="check_failed"``, those that failed a data check."""
+    last = _last_run(planned)
+    if not last:
         return {}
     if last.get("stage_summary"):  # the latest pointer carries the per-stage counts
         return {row["name"]: int(row.get(column) or 0) for row in last["stage_summary"] if row.get(column)}
@@ -259,6 +269,7 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
     failed = _last_failed(planned)
     check_failed = _last_failed(planned, "check_failed")
     warned = planned.check_warnings()
+    times = _last_run(planned).get("chunk_times") or {}
     missing_count = sum(c["missing"] for c in counts)
     missing = list(itertools.islice(((p.name, p.chunks[i].key) for p in planned.stages for i in range(len(p.chunks))
                                      if i not in p.committed), KEYS_LISTED))
@@ -269,6 +280,8 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                        "failed_last_run": failed.get(p.name, 0), "committed": c["committed"],
                        "corrupt": len(planned.corrupt.get(p.name, ())),
                        "version": planned.versions.get(p.name)})
+        if times.get(p.name) or times.get(""):
+            stages[-1]["chunk_times_last_run"] = times.get(p.name) or times.get("")
         if p.name in warned:  # a stage with data checks
             stages[-1].update({"check_failed_last_run": check_failed.get(p.name, 0),
                                "warned": warned[p.name]["chunks"], "warnings_by_check": warned[p.name]["by_check"]})
@@ -297,6 +310,11 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
                           f"({row['fresh']} fresh, {row['stale']} stale); {row['missing']} missing"
                           + (f" ({row['corrupt']} corrupt: not readable Parquet files, moved aside and redone by "
                              "`distetl run`)" if row["corrupt"] else ""), soft_wrap=True)
+            if row.get("chunk_times_last_run"):
+                from distetl.state.ledger import describe_chunk_times
+
+                console.print(f"  chunk time (last run): {describe_chunk_times(row['chunk_times_last_run'])}",
+                              highlight=False, soft_wrap=True)
             if row.get("check_failed_last_run") or row.get("warned"):
                 by_check = "; ".join(f"{name}: {rows} row(s)" for name, rows in row["warnings_by_check"].items())
                 console.print(f"  data checks: {row['check_failed_last_run']} chunk(s) failed in the last run; "

@@ -63,6 +63,7 @@ MOVED: dict[str, str] = {
 }
 _BY_NEW = {f"distetl.{new}": f"distetl.{old}" for old, new in MOVED.items()}
 _BY_NEW["distetl.state.results"] = "distetl.execute"  # ChunkResult and its statuses
+_BY_NEW["distetl.engine.context"] = "distetl.execute"  # ChunkContext, InputFiles
 _BY_NEW["distetl.engine.clusters"] = "distetl.clusters"  # what the engine needs of cluster classes
 _BY_NEW["distetl.engine.servers"] = "distetl.ui"  # which Prefect servers are live on a database
 _BY_NEW["distetl.ops.schedules"] = "distetl.serve"  # serve's command line and schedules

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import pyarrow.parquet as pq
 
 from distetl.engine.checking import CheckFailed, Checker, quarantine_path, write_quarantine
+from distetl.engine.context import ChunkContext, InputFiles
 from distetl.model.chunks import Chunk
 from distetl.errors import ChunkError
 from distetl.model.partitions import strip_partitions
@@ -27,125 +28,9 @@ from distetl.model.pipeline import Pipeline, arity
 from distetl.model.schema import is_piece, is_stream, to_table
 from distetl.storage import AtomicSink, Storage
 
-__all__ = ["ChunkContext", "ChunkResult", "ChunkStopped", "ChunkTimeout", "BatchJob", "run_chunk", "run_batch"]
+__all__ = ["ChunkContext", "InputFiles", "ChunkResult", "ChunkStopped", "ChunkTimeout", "BatchJob", "run_chunk", "run_batch"]
 
-from distetl.state.results import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult  # noqa: E402
-
-
-class InputFiles(list):
-    """A chunk's committed input files: every file (a list, in input order), and each
-    input's files by name (``ctx.inputs["orders"]``)."""
-
-    def __init__(self, by_name: Any = ()):
-        if isinstance(by_name, Mapping):
-            self.by_name: dict[str, list[str]] = {k: list(v) for k, v in by_name.items()}
-            super().__init__(path for paths in self.by_name.values() for path in paths)
-        else:
-            self.by_name = {}
-            super().__init__(by_name)
-
-    def __getitem__(self, item: Any) -> Any:
-        if isinstance(item, str):
-            if item not in self.by_name:
-                raise ChunkError(f"an input name of this stage ({', '.join(self.by_name) or 'none'})", repr(item),
-                                 "use one of the names given in inputs=... (ctx.inputs.by_name lists them)")
-            return self.by_name[item]
-        return super().__getitem__(item)
-
-
-@dataclass
-class ChunkContext:
-    """What a chunk's extract may use besides the chunk itself.
-
-    Attributes:
-        chunk: The chunk being run.
-        output: The run's output root.
-        storage_options: fsspec options of the run (credentials included; do not log).
-        inputs: The chunk's committed upstream files (:class:`InputFiles`: all of them as a
-            list, each input's with ``ctx.inputs["name"]``).
-        input_root: The first input's dataset root (for its partition columns).
-        stage: The stage's name.
-        input_roots: Each input's dataset root, by input name.
-        sources: Each declared source's files, by source name (listed at plan time).
-        pipeline: The pipeline's name.
-    """
-
-    chunk: Chunk
-    output: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    inputs: Sequence[str] = ()
-    input_root: Optional[str] = None
-    stage: str = ""
-    #: The record written with the chunk's file (set when it is produced).
-    record: Optional[dict[str, Any]] = field(default=None, repr=False)
-    input_roots: Mapping[str, str] = field(default_factory=dict)
-    sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    #: The pipeline's name (where the stage's quarantined rows go).
-    pipeline: str = ""
-
-    def _input(self, name: Optional[str]) -> tuple[list[str], Optional[str]]:
-        """The files and dataset root of input ``name`` (None: the only input)."""
-        by_name = getattr(self.inputs, "by_name", None) or {}
-        where = f"chunk {self.chunk.key}" + (f" of stage {self.stage}" if self.stage else "")
-        if name is None:
-            if len(by_name) > 1:
-                raise ChunkError(f"an input name: this stage has several ({', '.join(by_name)})", "none",
-                                 f"call ctx.read_inputs({next(iter(by_name))!r}) (one per input)", where=where)
-            name = next(iter(by_name), None)
-            files = list(self.inputs)
-        else:
-            if name not in by_name:
-                raise ChunkError(f"an input of this stage ({', '.join(by_name) or 'none'})", repr(name),
-                                 "use a name given in inputs=...", where=where)
-            files = by_name[name]
-        root = self.input_roots.get(name) if name is not None else None
-        return files, root or self.input_root
-
-    def read_inputs_table(self, name: Any = None, columns: Optional[Sequence[str]] = None) -> Any:
-        """One input's committed upstream files as one Arrow table, partition columns
-        (``name=value`` directories of the upstream target) restored from the paths.
-
-        Args:
-            name: The input's name (may be left out when the stage has one input).
-            columns: Read only these columns (default: all).
-        """
-        import pyarrow.dataset as ds
-
-        if name is not None and not isinstance(name, str) and columns is None:
-            name, columns = None, list(name)  # read_inputs_table(["a", "b"]): columns, as before
-        files, root = self._input(name)
-        if not files:
-            if not self.inputs and not getattr(self.inputs, "by_name", None):
-                raise ChunkError(
-                    "upstream input files for this chunk", "none",
-                    "read inputs only in a downstream stage (one with upstream=... or inputs=...)",
-                    where=f"chunk {self.chunk.key}",
-                )
-        storage = self.storage(files[0] if files else self.output)
-        paths = [storage.strip(p) for p in files]
-        options: dict[str, Any] = {"format": "parquet", "partitioning": "hive"}
-        if root:
-            options["partition_base_dir"] = storage.strip(root)
-        if not storage.is_local:
-            options["filesystem"] = storage.fs
-        return ds.dataset(paths, **options).to_table(columns=list(columns) if columns else None)
-
-    def read_inputs(self, name: Any = None, columns: Optional[Sequence[str]] = None) -> Any:
-        """One input's committed upstream files as one pandas DataFrame (see
-        :meth:`read_inputs_table`)."""
-        return self.read_inputs_table(name, columns).to_pandas()
-
-    def storage(self, url: str) -> Storage:
-        """The storage for a source URL, with the run's storage options."""
-        return Storage.for_url(url, self.storage_options)
-
-    def open(self, url: str, mode: str = "rb", **kwargs: Any):
-        """Open a source file through fsspec with the run's storage options."""
-        return self.storage(url).open(url, mode, **kwargs)
-
-    def filesystem(self, url: str):
-        """The fsspec filesystem for a URL (e.g. to hand to pandas or pyarrow)."""
-        return self.storage(url).fs
+from distetl.state.results import BLOCKED, FAILED, NOT_RUN, PHASES, SKIPPED, WRITTEN, ChunkResult  # noqa: E402
 
 
 @dataclass
@@ -258,6 +143,19 @@ class _Attempt:
         self._guard = threading.Lock()
         self.sink: Any = None
         self.given_up = False
+        #: Seconds spent in each of :data:`~distetl.state.results.PHASES` by this try.
+        self.phases = dict.fromkeys(PHASES, 0.0)
+        self._mark = time.perf_counter()
+
+    def restart_clock(self) -> None:
+        """Start timing phases from now."""
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the last lap to ``phase``."""
+        now = time.perf_counter()
+        self.phases[phase] += now - self._mark
+        self._mark = now
 
     def open(self) -> Any:
         with self._guard:
@@ -308,22 +206,28 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
     goes into the file's key-value metadata, so a file and its provenance cannot
     disagree.
     """
+    attempt = attempt or _Attempt()
+    attempt.restart_clock()
     if arity(pipeline.extract) >= 2:
         frame = pipeline.extract(chunk, context)
     else:
         frame = pipeline.extract(chunk)
+    attempt.lap("extract")
     per_piece = None
     if is_stream(frame):
         per_piece = pipeline.transform
     elif pipeline.transform is not None:
         frame = _call(pipeline.transform, frame, chunk)
+        attempt.lap("transform")
     if is_stream(frame):
-        return _write_stream(pipeline, chunk, context, record, frame, per_piece, attempt or _Attempt())
+        return _write_stream(pipeline, chunk, context, record, frame, per_piece, attempt)
     table = to_table(frame, pipeline.schema, chunk.key)
-    checker = attempt.checker if attempt is not None else None
+    checker = attempt.checker
     if checker is not None:
+        attempt.lap("write")
         checker.check(table)  # partition columns still in: checks see them
         checker.finish(table.num_rows, table)
+        attempt.lap("check")
         checker.outcome.raise_if_failed(context.stage or pipeline.name, chunk.key)
     table = strip_partitions(table, pipeline.target, chunk, context.output)
     if record is not None:
@@ -336,6 +240,7 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
         context.record = full
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=pipeline.compression)
+    attempt.lap("write")
     return _Produced(rows=table.num_rows, data=buffer.getvalue())
 
 
@@ -362,12 +267,19 @@ def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, recor
     writer = None
     rows = count = 0
     iterator = iter(stream)
+    done = object()
     try:
-        for piece in iterator:
+        while True:
+            attempt.lap("write")
+            piece = next(iterator, done)  # the extract's generator computes the piece here
+            attempt.lap("extract")
+            if piece is done:
+                break
             attempt.check()
             count += 1
             if transform is not None:
                 piece = _call(transform, piece, chunk)
+                attempt.lap("transform")
                 if not is_piece(piece):
                     raise ChunkError(
                         "the transform to return one DataFrame or Arrow table per piece (the extract "
@@ -383,7 +295,9 @@ def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, recor
             if declared is None and inferred is None:
                 inferred = table.schema
             if attempt.checker is not None:
+                attempt.lap("write")
                 attempt.checker.check(table)
+                attempt.lap("check")
             table = _strip_piece(table, pipeline, chunk, context, count)
             if writer is None:
                 writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
@@ -403,7 +317,9 @@ def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, recor
             table = _strip_piece(declared.empty_table(), pipeline, chunk, context, 0)
             writer = pq.ParquetWriter(attempt.open(), table.schema, compression=pipeline.compression)
         if attempt.checker is not None:  # every piece checked: fail before the commit
+            attempt.lap("write")
             attempt.checker.finish(rows)
+            attempt.lap("check")
             attempt.checker.outcome.raise_if_failed(context.stage or pipeline.name, chunk.key)
         if record is not None:
             full = {**record, "rows": rows, "produced_at": _now()}
@@ -412,6 +328,7 @@ def _write_stream(pipeline: Pipeline, chunk: Chunk, context: ChunkContext, recor
             writer.add_key_value_metadata({RECORD_KEY: json.dumps(full, sort_keys=True, default=str).encode()})
             context.record = full
         writer.close()
+        attempt.lap("write")
         attempt.check()
     except BaseException:
         attempt.give_up()
@@ -563,7 +480,9 @@ def run_chunk(
                                             should_stop if watch_stop else None, record, attempt)
             if should_stop is not None and should_stop():
                 raise ChunkStopped(f"chunk {chunk.key} was stopped with its run before its commit")
+            attempt.lap("write")
             committed = produced.commit(storage, path, create_only=not force)
+            attempt.lap("commit")
             warned = None
             if attempt.checker is not None:
                 if committed:  # rows quarantined by an earlier try go once the chunk commits
@@ -579,6 +498,7 @@ def run_chunk(
                 rows=produced.rows if committed else 0, bytes=produced.size if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
                 timed_out=timed_out, started=wall, ended=time.time(),
+                **{f"{phase}_s": seconds for phase, seconds in attempt.phases.items()},
             )
         except CheckFailed as exc:  # the data is wrong: no retry, the failing rows kept aside
             _quarantine(exc, storage, context, pipeline, chunk)

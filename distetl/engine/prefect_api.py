@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 
 from distetl.engine.servers import registered, running_ui
 from distetl.errors import ConfigError
-from distetl.state.results import describe_warnings
+from distetl.state.results import PHASES, describe_warnings
 
 __all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer",
            "mark_crashed"]
@@ -370,6 +370,16 @@ def publish_run_artifacts(pipeline_name: str, ledger: Any, chunks_path: str | No
             lines.append(f"- `{r.stage}:{r.key}` ({r.status}): {(r.error or '')[:300]}")
         if ledger.bad_total > FAILED_IN_ARTIFACT:
             lines.append(f"- … and {ledger.bad_total - FAILED_IN_ARTIFACT} more (see the per-chunk file)")
+    times = ledger.chunk_times()
+    if times:
+        lines += ["", "## Chunk times (written chunks, on the workers)", "",
+                  "| stage | chunks | median | p95 | max | " + " | ".join(f"{p} (mean)" for p in PHASES)
+                  + " | slowest |", "|---" * (6 + len(PHASES)) + "|"]
+        for stage, t in times.items():
+            slow = ", ".join(f"`{c['key']}` {c['seconds'] * 1000:.1f} ms" for c in t["slowest"])
+            lines.append(f"| {stage or pipeline_name} | {t['chunks']} | " + " | ".join(
+                f"{t[k] * 1000:.1f} ms" for k in ("median_s", "p95_s", "max_s")) + " | " + " | ".join(
+                f"{t['phases'][p] * 1000:.1f} ms" for p in PHASES) + f" | {slow} |")
     lines += ["", "## Every chunk's record", ""]
     if chunks_path:
         lines.append(f"- per-chunk results (Parquet, one row per chunk): `{chunks_path}`")

@@ -19,9 +19,12 @@ import threading
 import weakref
 from typing import Any, Iterator, Optional, Sequence
 
-from distetl.state.results import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
+from distetl.state.results import BLOCKED, FAILED, NOT_RUN, PHASES, SKIPPED, WRITTEN, ChunkResult
 
-__all__ = ["RunLedger", "ROWS_PER_GROUP", "STATUSES"]
+__all__ = ["RunLedger", "ROWS_PER_GROUP", "STATUSES", "SLOWEST", "describe_chunk_times"]
+
+#: How many of each stage's slowest chunks :meth:`RunLedger.chunk_times` names.
+SLOWEST = 5
 
 #: Rows buffered in memory before they are written to the spill file as a row group.
 ROWS_PER_GROUP = 5_000
@@ -30,7 +33,7 @@ ROWS_PER_GROUP = 5_000
 STATUSES = (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)
 
 _FIELDS = ("stage", "key", "path", "status", "rows", "bytes", "seconds", "attempts", "error", "worker",
-           "task_run_id", "traceback", "timed_out", "started", "ended", "record", "warnings", "check_failed")
+           "task_run_id", "traceback", "timed_out", "started", "ended", "record", "warnings", "check_failed") + tuple(f"{p}_s" for p in PHASES)
 
 
 def _schema() -> Any:
@@ -44,6 +47,7 @@ def _schema() -> Any:
         ("worker", pa.dictionary(pa.int32(), text)), ("task_run_id", pa.dictionary(pa.int32(), text)),
         ("traceback", text), ("timed_out", pa.bool_()), ("started", pa.float64()), ("ended", pa.float64()),
         ("record", text), ("warnings", text), ("check_failed", pa.bool_()),
+        *((f"{p}_s", pa.float32()) for p in PHASES),
     ])
 
 
@@ -187,6 +191,63 @@ class RunLedger:
                        key=lambda n: int(n[5:].split(".")[0]))
         return [os.path.join(self._folder, n) for n in names]
 
+    def chunk_times(self) -> dict[str, dict[str, Any]]:
+        """Where the time of each stage's written chunks went, from the spill.
+
+        Returns:
+            Per stage: ``chunks`` (written), ``mean_s``, ``median_s``, ``p95_s`` and
+            ``max_s`` of their ``seconds`` on the workers, the mean of each phase
+            (``phases``: extract, transform, check, write, commit, in seconds) and the
+            :data:`SLOWEST` slowest chunks (``slowest``: key and seconds, slowest
+            first). Memory: one float per written chunk of a stage while it is read.
+        """
+        import heapq
+
+        import numpy as np
+        import pyarrow.compute as pc
+
+        seconds: dict[str, list[Any]] = {}
+        phases: dict[str, dict[str, float]] = {}
+        slowest: dict[str, list[tuple[float, str]]] = {}
+        columns = ["stage", "key", "status", "seconds"] + [f"{p}_s" for p in PHASES]
+        for batch in self.batches(columns):
+            written = batch.filter(pc.equal(batch.column("status").cast("string"), WRITTEN))
+            if not written.num_rows:
+                continue
+            stages = written.column("stage").cast("string").to_numpy(zero_copy_only=False)
+            values = written.column("seconds").to_numpy(zero_copy_only=False)
+            keys = written.column("key")
+            for stage in np.unique(stages):
+                mine = stages == stage
+                seconds.setdefault(stage, []).append(values[mine])
+                sums = phases.setdefault(stage, dict.fromkeys(PHASES, 0.0))
+                for p in PHASES:
+                    sums[p] += float(np.sum(written.column(f"{p}_s").to_numpy(zero_copy_only=False)[mine]))
+                where = np.flatnonzero(mine)
+                top = where[np.argsort(values[where])[-SLOWEST:]]
+                heap = slowest.setdefault(stage, [])
+                for i in top:
+                    item = (float(values[i]), keys[int(i)].as_py())
+                    if len(heap) < SLOWEST:
+                        heapq.heappush(heap, item)
+                    else:
+                        heapq.heappushpop(heap, item)
+        out: dict[str, dict[str, Any]] = {}
+        ordered = [s for s in self.counts if s in seconds] + [s for s in seconds if s not in self.counts]
+        for stage in ordered:
+            parts = seconds[stage]
+            every = np.concatenate(parts)
+            n = len(every)
+            out[stage] = {
+                "chunks": n, "mean_s": round(float(every.mean()), 5),
+                "median_s": round(float(np.median(every)), 5),
+                "p95_s": round(float(np.percentile(every, 95)), 5), "max_s": round(float(every.max()), 5),
+                "phases": {p: round(total / n, 5) for p, total in phases[stage].items()},
+                "slowest": [{"key": key, "seconds": round(value, 5)}
+                            for value, key in sorted(slowest[stage], reverse=True)],
+            }
+        return out
+
     def results(self) -> list[ChunkResult]:
         """Every result, read back from the spill (for small runs and tests: a million
         chunks make a million objects)."""
@@ -217,3 +278,17 @@ class RunLedger:
 
 def _zero() -> dict[str, int]:
     return {**{s: 0 for s in STATUSES}, "rows": 0, "bytes": 0, "warned": 0, "check_failed": 0}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def describe_chunk_times(times: dict[str, Any]) -> str:
+    """One stage's :meth:`RunLedger.chunk_times` on one line: ``median 4.5 ms, p95 7.1 ms,
+    max 26 ms; extract 3.1 ms, write 0.6 ms, commit 0.7 ms (means); slowest:
+    date=2024-01-01 (26 ms), …``."""
+    phases = ", ".join(f"{p} {_ms(v)}" for p, v in (times.get("phases") or {}).items() if v >= 0.00005)
+    slowest = ", ".join(f"{c['key']} ({_ms(c['seconds'])})" for c in times.get("slowest") or ())
+    return (f"median {_ms(times['median_s'])}, p95 {_ms(times['p95_s'])}, max {_ms(times['max_s'])}"
+            + (f"; {phases} (means)" if phases else "") + (f"; slowest: {slowest}" if slowest else ""))

@@ -20,7 +20,7 @@ import platform
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-from distetl.state.results import BLOCKED, FAILED, NOT_RUN, SKIPPED, WRITTEN, ChunkResult
+from distetl.state.results import BLOCKED, FAILED, NOT_RUN, PHASES, SKIPPED, WRITTEN, ChunkResult
 from distetl.state.ledger import RunLedger
 from distetl.storage import Storage, redact
 
@@ -31,7 +31,7 @@ FAILED_IN_MANIFEST = 100
 
 #: Per-chunk columns of ``runs/<time>-<id>.chunks.parquet``.
 _CHUNK_COLUMNS = ("stage", "key", "status", "rows", "bytes", "seconds", "attempts", "worker",
-                  "task_run_id", "error", "started", "timed_out")
+                  "task_run_id", "error", "started", "timed_out") + tuple(f"{p}_s" for p in PHASES)
 
 
 def manifest_dir(output: str, pipeline_name: str) -> str:
@@ -83,6 +83,10 @@ class RunReport:
     #: Targets that were not readable Parquet files, moved aside before their chunks ran
     #: again (where each went: ``{output}/_distetl/{pipeline}/corrupt/{stage}/``).
     corrupt_moved: list[str] = field(default_factory=list)
+    #: Per stage, where its written chunks' time went (:meth:`RunLedger.chunk_times`:
+    #: mean, median, p95 and max seconds, mean per phase, the slowest chunks); filled
+    #: in when the manifest is written.
+    chunk_times: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     #: Every chunk result of the run, counted and spilled to disk (see distetl.state.ledger).
     ledger: RunLedger = field(default_factory=lambda: RunLedger(()), repr=False, compare=False)
@@ -207,13 +211,16 @@ class RunReport:
         pointer; returns the manifest's path."""
         path, chunks = self.record_paths()
         storage.write_atomic(chunks, _chunk_table(self.ledger))
+        if not self.chunk_times:
+            self.chunk_times = self.ledger.chunk_times()
         self.chunks_path = chunks
         self.manifest_path = path
         data = self.to_dict(results=False)
         storage.write_atomic(path, json.dumps(data, indent=1, default=str).encode())
         pointer = {"pipeline": self.pipeline, "run_id": self.run_id, "started_at": self.started_at,
                    "manifest": path, "chunks": chunks, "summary": data["summary"],
-                   "stage_summary": data["stage_summary"], "interrupted": self.interrupted}
+                   "stage_summary": data["stage_summary"], "interrupted": self.interrupted,
+                   "chunk_times": self.chunk_times}
         storage.write_atomic(f"{manifest_dir(self.output, self.pipeline)}/latest.json",
                              json.dumps(pointer, indent=1, default=str).encode())
         return path
@@ -233,10 +240,11 @@ def _chunk_table(ledger: RunLedger) -> bytes:
         ("seconds", pa.float32()), ("attempts", pa.int16()), ("worker", pa.dictionary(pa.int32(), pa.string())),
         ("task_run_id", pa.dictionary(pa.int32(), pa.string())), ("error", pa.string()),
         ("started", pa.float64()), ("timed_out", pa.bool_()),
+        *((f"{p}_s", pa.float32()) for p in PHASES),
     ])
     buffer = io.BytesIO()
     with pq.ParquetWriter(buffer, schema, compression="zstd", compression_level=9,
-                          use_byte_stream_split=["started"]) as writer:
+                          use_byte_stream_split=["started", *(f"{p}_s" for p in PHASES)]) as writer:
         for batch in ledger.batches(_CHUNK_COLUMNS):
             writer.write_table(pa.Table.from_batches([batch]).select(list(_CHUNK_COLUMNS)).cast(schema))
     return buffer.getvalue()

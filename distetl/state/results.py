@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-__all__ = ["describe_warnings", "ChunkResult", "WRITTEN", "SKIPPED", "FAILED", "NOT_RUN", "BLOCKED"]
+__all__ = ["describe_warnings", "ChunkResult", "PHASES", "WRITTEN", "SKIPPED", "FAILED", "NOT_RUN", "BLOCKED"]
 
 WRITTEN = "written"
 SKIPPED = "skipped"
@@ -15,6 +15,13 @@ FAILED = "failed"
 NOT_RUN = "not_run"
 #: Not run because an input (an upstream chunk) failed.
 BLOCKED = "blocked"
+
+#: Where a chunk's time goes, in the order it happens: each a ``<phase>_s`` field of
+#: :class:`ChunkResult` and a column of the run's per-chunk file (seconds; a streamed
+#: chunk's phases are summed over its pieces). ``write`` is the cast to the schema and
+#: the Parquet serialisation (for a streamed chunk, the writes to the temp file or
+#: multipart upload); ``commit`` the atomic commit.
+PHASES = ("extract", "transform", "check", "write", "commit")
 
 
 @dataclass
@@ -44,6 +51,13 @@ class ChunkResult:
     warnings: Optional[str] = None
     #: The chunk failed an error-level data check (``error`` says which).
     check_failed: bool = False
+    #: Seconds of the last try in each of :data:`PHASES` (``seconds`` also counts
+    #: retries, the record and the time between phases).
+    extract_s: float = 0.0
+    transform_s: float = 0.0
+    check_s: float = 0.0
+    write_s: float = 0.0
+    commit_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
