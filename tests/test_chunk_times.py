@@ -81,3 +81,28 @@ def test_each_chunks_phases_and_each_stages_slowest_chunks_are_recorded_and_show
     rerun = cli("run", str(path), "--output", str(out), "--force", "--no-progress")
     assert rerun.returncode == 0, rerun.stderr
     assert "chunk time, times: median" in rerun.stderr and "slowest: n=3 (" in rerun.stderr
+
+
+def _worker_trim() -> dict:
+    import os
+
+    from distributed import Client
+
+    from distetl.engine.runners import local_cluster
+
+    with local_cluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        return client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+
+
+def test_local_workers_start_without_dasks_malloc_trim_unless_configured():
+    """Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive
+    mmap threshold (a small chunk's buffers are mapped and unmapped every time: ~10 %
+    of its cost in the chunk_cost benchmark). distetl's local workers start without it;
+    a value the user configured in Dask is kept."""
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}):
+        assert list(_worker_trim().values()) == [None]
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1048576}):
+        assert list(_worker_trim().values()) == ["1048576"]

@@ -252,6 +252,38 @@ class RunnerSpec:
         return "sequential (one thread)"
 
 
+#: Dask's default ``MALLOC_TRIM_THRESHOLD_`` for the worker processes its nannies spawn.
+DASK_MALLOC_TRIM = 65536
+
+
+def unset_malloc_trim() -> bool:
+    """Let distetl's local worker processes start without Dask's ``MALLOC_TRIM_THRESHOLD_``.
+
+    Dask's nannies set it (64 KiB) so that freed memory goes back to the system at once.
+    Setting it at all, to any value, also turns off glibc's adaptive mmap threshold, so
+    every buffer over 128 KiB is mapped and unmapped again on each use: in the
+    ``chunk_cost`` benchmark (an 18,000-row CSV read per chunk) the same loop took
+    4.3 ms per chunk in such a worker against 3.9 ms without it. distetl's local workers
+    therefore start with glibc's defaults; a worker's RSS may then keep more freed
+    memory between chunks. A value configured in Dask other than its default
+    (``distributed.nanny.pre-spawn-environ``, e.g.
+    ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=65537``) is left
+    as it is.
+
+    Returns:
+        True if Dask's default was removed from this process's Dask config (nannies read
+        it when they spawn a worker, so adaptive clusters' later workers get it too).
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
+    if str(environ.get("MALLOC_TRIM_THRESHOLD_")) != str(DASK_MALLOC_TRIM):
+        return False
+    environ.pop("MALLOC_TRIM_THRESHOLD_")
+    dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
+    return True
+
+
 def local_cluster(**kwargs: Any) -> Any:
     """A ``distributed.LocalCluster`` whose worker processes ignore the terminal's Ctrl-C.
 
@@ -263,7 +295,8 @@ def local_cluster(**kwargs: Any) -> Any:
     right after, so a Ctrl-C during the cluster's start-up (a second or two) is lost.
 
     Its workers carry :class:`~distetl.engine.quietclose.QuietClose`: the cluster's close prints
-    no heartbeat traceback (a user's own ``plugins`` are kept beside it).
+    no heartbeat traceback (a user's own ``plugins`` are kept beside it), and worker
+    processes start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (:func:`unset_malloc_trim`).
     """
     import signal
 
@@ -272,6 +305,7 @@ def local_cluster(**kwargs: Any) -> Any:
     from distetl.engine.quietclose import QuietClose
 
     kwargs = {**kwargs, "plugins": [*kwargs.get("plugins", ()), QuietClose()]}
+    unset_malloc_trim()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
