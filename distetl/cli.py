@@ -189,6 +189,11 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     from distetl.ops.clusters import print_scaling
 
     print_scaling(console)
+    if report.scheduler_lost:
+        console.print(f"[bold red]error:[/] Expected the Dask scheduler to stay up for the whole run; got "
+                      f"{report.scheduler_lost}. {report.written} chunk(s) this run committed stay; "
+                      f"{report.not_run} not run. Fix: start the scheduler again (or point --scheduler at a live "
+                      "one) and rerun: it does only the rest", highlight=False, soft_wrap=True)
     if spec.performance_report and os.path.exists(spec.performance_report) and report.flow_run_id:
         console.print(f"performance report: {spec.performance_report}", highlight=False, soft_wrap=True)
     if not args.dry_run:

@@ -595,8 +595,8 @@ def _execute(
     report.flow_run_id = outcome.flow_run_id
     report.flow_state = outcome.state
     report.flow_state_message = outcome.state_message
-    report.restarted_workers = outcome.restarted_workers
-    _settle_unreported(planned, source, landed, ledger, stop is not None and stop.stopped)
+    report.restarted_workers, report.scheduler_lost = outcome.restarted_workers, outcome.scheduler_lost
+    _settle_unreported(planned, source, landed, ledger, (stop is not None and stop.stopped) or outcome.scheduler_lost)
 
 
 def _flow(planned: PlannedRun, spec: RunnerSpec, early: Any, source: Any, live: Any, on_chunk: Any,
@@ -619,7 +619,7 @@ def _flow(planned: PlannedRun, spec: RunnerSpec, early: Any, source: Any, live: 
 
 
 def _settle_unreported(planned: PlannedRun, source: Any, landed: dict[tuple[str, str], dict[str, Any]],
-                       ledger: RunLedger, stopped: bool) -> None:
+                       ledger: RunLedger, stopped: Any) -> None:
     """The results of the chunks that ran but no batch reported: committed by a lost
     batch (its worker's event says so), blocked by a failed input, not run because the
     run stopped, or lost.
@@ -738,8 +738,9 @@ def _missing_result(stage: str, key: str, path: str, event: Optional[dict[str, A
     if blocked_by is not None:
         return ChunkResult(key=key, path=path, status=BLOCKED, stage=stage,
                            error=f"blocked: its input {blocked_by} failed; rerun after fixing that chunk")
-    if stopped:
-        return ChunkResult(key=key, path=path, status=NOT_RUN, stage=stage, error="not run: the run was stopped")
+    if stopped:  # True, or why the run could not go on (its scheduler lost)
+        why = stopped if isinstance(stopped, str) else "the run was stopped"
+        return ChunkResult(key=key, path=path, status=NOT_RUN, stage=stage, error=f"not run: {why}")
     return ChunkResult(key=key, path=path, status=FAILED, stage=stage,
                        error="no result came back (worker or task lost); rerun to redo it")
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -107,18 +109,29 @@ def run_chunks(job: PackedJob, label: str) -> Any:
         return Cancelled(message="not started: the run was stopped")
     client = run.client if run is not None else None
     if client is not None:
-        future = client.submit(run_packed_bytes, pack_bytes(job), key=f"distetl-batch-{uuid.uuid4().hex}",
-                               pure=False)
-        run.track(future)
+        future = None
         try:
+            future = client.submit(run_packed_bytes, pack_bytes(job), key=f"distetl-batch-{uuid.uuid4().hex}",
+                                   pure=False)
+            run.track(future)
             results = future.result()
-        except BaseException:
+        except BaseException as exc:
             if run.stop.stopped:
                 return Cancelled(message="cancelled: the run was stopped; committed chunks stay")
+            lost = run.outcome.scheduler_lost or scheduler_lost(client, exc)
+            if lost:
+                if run.outcome.scheduler_lost is None:
+                    # The client's reconnect attempts end in a logged traceback: the run
+                    # says what happened itself (see RunReport.scheduler_lost).
+                    for name in ("distributed.client", "distributed.utils", "distributed.core"):
+                        logging.getLogger(name).setLevel(logging.CRITICAL)
+                run.outcome.scheduler_lost = lost
+                return Cancelled(message=f"not run: {lost}")
             raise
         finally:
-            run.untrack(future)
-            future.release()
+            if future is not None:
+                run.untrack(future)
+                future.release()
     else:
         stop = run.stop if run is not None else None
         results = run_batch(job.unpack(), should_stop=(lambda: stop.stopped) if stop is not None else None,
@@ -194,6 +207,8 @@ class FlowOutcome:
     restarted_workers: list[str] = field(default_factory=list)
     #: The Dask dashboard of the run's cluster (None without a cluster or dashboard).
     dashboard_url: Optional[str] = None
+    #: Set when the run's Dask scheduler went away mid-run: what happened, naming it.
+    scheduler_lost: Optional[str] = None
 
 
 def _drain_prefect_workers() -> bool:
@@ -467,6 +482,9 @@ def _final_state(run: _ActiveRun) -> Any:
 
     ledger = run.outcome.ledger
     failed = ledger.count(FAILED)
+    if run.outcome.scheduler_lost and not run.stop.stopped:
+        return Failed(message=f"{run.outcome.scheduler_lost}: committed chunks stay ({failed} failed before); "
+                      "rerun against a live scheduler to do the rest")
     if run.stop.stopped:
         return Cancelled(message=(
             f"stopped by {run.stop.name}: committed chunks stay ({failed} failed before the stop); "
@@ -476,6 +494,34 @@ def _final_state(run: _ActiveRun) -> Any:
         first = ", ".join(keys) + (", …" if failed > len(keys) else "")
         return Failed(message=f"{failed} of {ledger.total} chunk(s) failed: {first}")
     return None
+
+
+#: Client states after its scheduler went away (it reconnects, then closes).
+_CLIENT_LOST = ("connecting", "closing", "closed", "failed")
+
+
+def scheduler_lost(client: Any, exc: BaseException, wait: float = 3.0) -> Optional[str]:
+    """What a batch's exception means if the run's Dask scheduler is gone, else None.
+
+    A scheduler that dies cancels every future of its clients (``FutureCancelledError``,
+    reason unknown); the client then tries to reconnect and closes
+    (``ClosedClientError``). A cancelled future of a client still running is waited on
+    for ``wait`` seconds, until the client says which it is.
+    """
+    from distributed.client import ClosedClientError, FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    if not isinstance(exc, (ClosedClientError, CommClosedError, FutureCancelledError, OSError)):
+        return None
+    deadline = time.monotonic() + wait
+    status = str(getattr(client, "status", "running"))
+    while status not in _CLIENT_LOST and not isinstance(exc, ClosedClientError) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = str(getattr(client, "status", "running"))
+    if status not in _CLIENT_LOST and not isinstance(exc, ClosedClientError):
+        return None
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "of the run"
+    return f"the Dask scheduler {address} was lost mid-run ({type(exc).__name__}; its client is {status})"
 
 
 def _restart(client: Any, workers: list[str]) -> list[str]:
@@ -497,7 +543,7 @@ def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any], slots: int) -> 
     finished: "queue.Queue[Any]" = queue.Queue()
     in_flight: dict[Any, PackedJob] = {}
     while True:
-        while len(in_flight) < slots and not run.stop.stopped:
+        while len(in_flight) < slots and not run.stop.stopped and not run.outcome.scheduler_lost:
             job = run.source.next_batch()
             if job is None:
                 break
@@ -510,7 +556,8 @@ def _gather(run: _ActiveRun, submit: Callable[[PackedJob], Any], slots: int) -> 
             return
         future = finished.get()
         packed = in_flight.pop(future)
-        results = run.partial.pop(_batch_id(packed.job), None) or _results_of(future, packed.job, run.stop.stopped)
+        results = run.partial.pop(_batch_id(packed.job), None) or _results_of(
+            future, packed.job, run.stop.stopped, run.outcome.scheduler_lost)
         for result in results:
             result.task_run_id = str(future.task_run_id)
             if not result.stage:
@@ -540,20 +587,22 @@ class _FixedBatches:
         pass
 
 
-def _results_of(future: Any, job: BatchJob, stopped: bool = False) -> list[ChunkResult]:
+def _results_of(future: Any, job: BatchJob, stopped: bool = False, lost: Optional[str] = None) -> list[ChunkResult]:
     """The chunk results of a finished batch future, whatever became of it.
 
-    A batch that ended with the run's stop reports its chunks as not run (the driver
-    then counts those its workers committed, from their progress events).
+    A batch that ended with the run's stop, or with its scheduler (``lost`` says how),
+    reports its chunks as not run (the driver then counts those its workers committed,
+    from their progress events and a listing).
     """
     future.wait()
     state = future.state
     if state.is_completed():
         value = future.result()
         return list(value.results if isinstance(value, BatchResults) else value)
-    if state.is_cancelled() or (stopped and not state.is_failed()):
+    if state.is_cancelled() or ((stopped or lost) and not state.is_failed()):
+        why = "the run was stopped" if stopped or not lost else lost
         return [ChunkResult(key=c.key, path=p, status=NOT_RUN, stage=job.stage,
-                            error="not run: the run was stopped") for c, p in job.chunks]
+                            error=f"not run: {why}") for c, p in job.chunks]
     exc: Any = None
     if state.is_final():
         try:

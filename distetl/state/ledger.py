@@ -211,7 +211,10 @@ class RunLedger:
         slowest: dict[str, list[tuple[float, str]]] = {}
         columns = ["stage", "key", "status", "seconds"] + [f"{p}_s" for p in PHASES]
         for batch in self.batches(columns):
-            written = batch.filter(pc.equal(batch.column("status").cast("string"), WRITTEN))
+            # Written chunks whose batch reported them (a chunk known only from its progress
+            # event, its batch lost, has no time of its own).
+            written = batch.filter(pc.and_(pc.equal(batch.column("status").cast("string"), WRITTEN),
+                                           pc.greater(batch.column("seconds"), 0)))
             if not written.num_rows:
                 continue
             stages = written.column("stage").cast("string").to_numpy(zero_copy_only=False)

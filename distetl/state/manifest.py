@@ -87,6 +87,9 @@ class RunReport:
     #: mean, median, p95 and max seconds, mean per phase, the slowest chunks); filled
     #: in when the manifest is written.
     chunk_times: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Set when the run's Dask scheduler went away mid-run (naming it): the run ended
+    #: there, its committed chunks stay, the rest are not run (exit code 1).
+    scheduler_lost: Optional[str] = None
 
     #: Every chunk result of the run, counted and spilled to disk (see distetl.state.ledger).
     ledger: RunLedger = field(default_factory=lambda: RunLedger(()), repr=False, compare=False)
@@ -165,7 +168,7 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed_count and not self.blocked_count and not self.interrupted
+        return not self.failed_count and not self.blocked_count and not self.interrupted and not self.scheduler_lost
 
     def to_dict(self, results: bool = True) -> dict[str, Any]:
         """The report as plain JSON data.
