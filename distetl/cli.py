@@ -151,9 +151,13 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     pipeline = pipeline.with_retry_options(args.retries, args.retry_delay, args.chunk_timeout)
     from distetl.engine.runners import RunnerSpec
 
+    from distetl.ops.clusters import with_memory_limit
+
+    cluster_options = with_memory_limit(args.cluster_option, args.worker_memory_limit,
+                                        args.scheduler or os.environ.get("DISTETL_SCHEDULER"))
     spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
                                    performance_report=args.performance_report, cluster_class=args.cluster_class,
-                                   cluster_options=args.cluster_option, adapt=args.adapt)
+                                   cluster_options=cluster_options, adapt=args.adapt)
     from distetl.ops.alerts import AlertConfig
 
     alerts = AlertConfig.from_args(args)

@@ -122,21 +122,16 @@ def test_worker_killed_mid_run_commits_every_chunk_exactly_once(allowed_failures
             victim_commits = {key for event, key, pid, _ in lines if event == "end" and pid == victim_pid}
             assert {r.key for r in report.results if r.status == "skipped"} <= victim_commits
         else:
-            # KilledWorker: the lost batch's unfinished chunks are reported failed, with
-            # the reason; its chunks committed before the kill count as written.
-            assert not report.ok
-            failed = {r.key for r in report.failed}
-            assert victim_key in failed
-            assert all("KilledWorker" in (r.error or "") for r in report.failed), report.failed[0].error
-            assert report.written + report.skipped == DAYS - len(failed)
-            assert set(starts.values()) == {1}
-            missing_before = set(_days(DAYS)) - set(_targets(out))
-            assert {f"date={d}" for d in missing_before} == failed, "failed means: not committed"
+            # KilledWorker: Dask gave up on the lost batch at once; distetl reran its chunks
+            # one by one (each its own task; those committed before the kill are skipped
+            # on the worker), so the chunk on the killed worker ran again and the run is
+            # complete. The kill was not for memory: nothing says "out of memory".
+            assert report.ok, [(r.key, r.error) for r in report.failed]
+            assert {k for k, n in starts.items() if n > 1} == {victim_key}
+            assert report.written + report.skipped == DAYS
             before = _targets(out)
             rerun = distetl.run(pipeline, str(out), scheduler=procs.address)
-            assert rerun.ok and {r.key for r in rerun.results if r.status == "written"} == failed
-            assert rerun.skipped == DAYS - len(failed)
-            assert {d: v for d, v in _targets(out).items() if d in before} == before
+            assert rerun.ok and rerun.to_run == 0 and _targets(out) == before
             _no_recompute_after_commit(log)
 
     _check_output(out, DAYS)
@@ -144,7 +139,7 @@ def test_worker_killed_mid_run_commits_every_chunk_exactly_once(allowed_failures
     by_chunk = manifest_task_runs(report.manifest_path)
     states = task_run_states(prefect_api, set(by_chunk.values()))
     assert set(states) == set(by_chunk.values())
-    assert set(states.values()) == ({"COMPLETED"} if allowed_failures is None else {"COMPLETED", "FAILED"})
+    assert set(states.values()) == {"COMPLETED"}
 
 
 def test_driver_killed_mid_run_rerun_commits_only_the_missing_chunks(tmp_path, flow_file, prefect_api):

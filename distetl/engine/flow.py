@@ -40,6 +40,7 @@ from prefect.context import FlowRunContext
 
 from distetl.engine.clusters import planned_threads
 from distetl.engine.execute import FAILED, NOT_RUN, BatchJob, ChunkResult, _LOCAL_LISTENERS, run_batch
+from distetl.engine.killed import is_killed_worker, rerun_alone
 from distetl.state.ledger import RunLedger
 from distetl.engine.loader import sources_for
 from distetl.engine.packing import PackedJob, pack_bytes, run_packed_bytes
@@ -109,13 +110,14 @@ def run_chunks(job: PackedJob, label: str) -> Any:
         return Cancelled(message="not started: the run was stopped")
     client = run.client if run is not None else None
     if client is not None:
-        future = None
+        future = exc = None
         try:
             future = client.submit(run_packed_bytes, pack_bytes(job), key=f"distetl-batch-{uuid.uuid4().hex}",
                                    pure=False)
             run.track(future)
             results = future.result()
-        except BaseException as exc:
+        except BaseException as error:
+            exc = error
             if run.stop.stopped:
                 return Cancelled(message="cancelled: the run was stopped; committed chunks stay")
             lost = run.outcome.scheduler_lost or scheduler_lost(client, exc)
@@ -127,11 +129,16 @@ def run_chunks(job: PackedJob, label: str) -> Any:
                         logging.getLogger(name).setLevel(logging.CRITICAL)
                 run.outcome.scheduler_lost = lost
                 return Cancelled(message=f"not run: {lost}")
-            raise
+            if not is_killed_worker(exc):
+                raise
+            results = None  # Dask gave up on the batch: its chunks one by one, below
         finally:
             if future is not None:
                 run.untrack(future)
                 future.release()
+        if results is None:
+            results = rerun_alone(client, job, exc, run.track, run.untrack,
+                                  lambda: run.stop.stopped or bool(run.outcome.scheduler_lost))
     else:
         stop = run.stop if run is not None else None
         results = run_batch(job.unpack(), should_stop=(lambda: stop.stopped) if stop is not None else None,

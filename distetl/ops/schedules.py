@@ -129,7 +129,8 @@ class ServeOptions:
         _check_name(name)
         if args.keep_cluster:
             given = [flag for flag, value in (("--scheduler", args.scheduler), ("--cluster-class", args.cluster_class),
-                                              ("--runner", args.runner), ("--adapt", args.adapt)) if value]
+                                              ("--runner", args.runner), ("--adapt", args.adapt),
+                                              ("--worker-memory-limit", args.worker_memory_limit)) if value]
             if given or os.environ.get("DISTETL_SCHEDULER"):
                 raise ConfigError(
                     "--keep-cluster alone (it starts a local Dask cluster and keeps it between runs)",
@@ -141,8 +142,12 @@ class ServeOptions:
                 raise ConfigError("--workers 1 or more", str(args.workers), "pass e.g. --workers 2")
             spec = None  # the warm cluster's address, once it is up
         else:
+            from distetl.ops.clusters import with_memory_limit
+
+            cluster_options = with_memory_limit(args.cluster_option, args.worker_memory_limit,
+                                        args.scheduler or os.environ.get("DISTETL_SCHEDULER"))
             spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
-                                           cluster_class=args.cluster_class, cluster_options=args.cluster_option,
+                                           cluster_class=args.cluster_class, cluster_options=cluster_options,
                                            adapt=args.adapt)
         return cls(
             flow=args.flow, pipeline=pipeline, output=args.output, params=params,
