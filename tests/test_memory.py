@@ -8,7 +8,6 @@ Parquet files, the ``distetl`` command line."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
