@@ -88,6 +88,9 @@ def _base_parser() -> argparse.ArgumentParser:
     from distetl.ops.serve import add_serve_parser
 
     add_serve_parser(sub)
+    from distetl.ops.logs import add_logs_parser
+
+    add_logs_parser(sub)
     return parser
 
 
@@ -110,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from distetl.ops.ui import ui_command
 
             return ui_command(args, console)
+        if args.command == "logs":
+            from distetl.ops.logs import logs_command
+
+            return logs_command(args, extra, console)
         if args.command == "serve":
             from distetl.ops.serve import serve_command
 

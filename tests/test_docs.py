@@ -96,7 +96,7 @@ def _parsers() -> dict[str, set[str]]:
     return found
 
 
-COMMAND = re.compile(r"(?:^|[\s/`(])distetl ((?:cluster (?:up|down|status))|run|status|accept|serve|ui)\b([^\n`]*)")
+COMMAND = re.compile(r"(?:^|[\s/`(])distetl ((?:cluster (?:up|down|status))|run|status|accept|serve|ui|logs)\b([^\n`]*)")
 
 
 def _commands() -> list[tuple[str, int, str, str]]:
@@ -132,7 +132,7 @@ def test_the_site_builds_strictly_with_the_cli_reference_and_the_benchmarks(tmp_
                           capture_output=True, text=True, timeout=240, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     cli_page = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
-    for flag in ("--chunks-per-task", "--stale", "--explain", "--cron", "--keep-cluster"):
+    for flag in ("--chunks-per-task", "--stale", "--explain", "--cron", "--keep-cluster", "--worker-memory-limit"):
         assert flag in cli_page, flag
     bench_page = (tmp_path / "site" / "benchmarks" / "index.html").read_text()
     assert "Latest quick session" in bench_page

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import pyarrow.parquet as pq
 
 from distetl.engine.checking import CheckFailed, Checker, quarantine_path, write_quarantine
+from distetl.engine.chunklog import ChunkLog, capture
 from distetl.engine.context import ChunkContext, InputFiles
 from distetl.model.chunks import Chunk
 from distetl.errors import ChunkError
@@ -136,8 +137,11 @@ class _Attempt:
         checker: Runs the stage's data checks on each piece (None: no checks).
     """
 
-    def __init__(self, open_sink: Optional[Callable[[], Any]] = None, checker: Optional[Checker] = None):
+    def __init__(self, open_sink: Optional[Callable[[], Any]] = None, checker: Optional[Checker] = None,
+                 log: Optional[ChunkLog] = None):
         self._open_sink = open_sink
+        #: The chunk's own log lines (all its tries).
+        self.log = log if log is not None else ChunkLog()
         #: The stage's data checks for this try (None: the stage has none).
         self.checker = checker
         self._guard = threading.Lock()
@@ -189,6 +193,15 @@ def _call(func: Callable[..., Any], value: Any, chunk: Chunk) -> Any:
 
 def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
              record: Optional[Mapping[str, Any]] = None, attempt: Optional[_Attempt] = None) -> _Produced:
+    """:func:`_produce_chunk` with the log lines of this thread kept in the attempt's
+    chunk log (:mod:`distetl.engine.chunklog`)."""
+    attempt = attempt or _Attempt()
+    with capture(attempt.log):
+        return _produce_chunk(pipeline, chunk, context, record, attempt)
+
+
+def _produce_chunk(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
+                   record: Optional[Mapping[str, Any]], attempt: "_Attempt") -> _Produced:
     """Extract, transform and serialise one chunk.
 
     One DataFrame or Arrow table (the fast path): cast to the schema, partition columns
@@ -206,7 +219,6 @@ def _produce(pipeline: Pipeline, chunk: Chunk, context: ChunkContext,
     goes into the file's key-value metadata, so a file and its provenance cannot
     disagree.
     """
-    attempt = attempt or _Attempt()
     attempt.restart_clock()
     if arity(pipeline.extract) >= 2:
         frame = pipeline.extract(chunk, context)
@@ -465,13 +477,14 @@ def run_chunk(
     start = time.perf_counter()
     wall = time.time()
     timeout = pipeline.timeout_seconds
+    log = ChunkLog()
     while True:
         attempts += 1
         # A streamed chunk writes to the target's temp file / multipart upload; the try
         # that fails, times out or is stopped aborts it (nothing reaches the target).
         checks = getattr(pipeline, "checks", ())
         attempt = _Attempt(lambda: storage.open_atomic(path, create_only=not force),
-                           Checker(checks, previous_rows) if checks else None)
+                           Checker(checks, previous_rows) if checks else None, log)
         try:
             if timeout is None and not watch_stop:
                 produced = _produce(pipeline, chunk, context, record, attempt)
@@ -497,7 +510,7 @@ def run_chunk(
                 if committed and context.record is not None else None,
                 rows=produced.rows if committed else 0, bytes=produced.size if committed else 0,
                 seconds=time.perf_counter() - start, attempts=attempts, worker=_worker_name(),
-                timed_out=timed_out, started=wall, ended=time.time(),
+                timed_out=timed_out, started=wall, ended=time.time(), log=log.text(),
                 **{f"{phase}_s": seconds for phase, seconds in attempt.phases.items()},
             )
         except CheckFailed as exc:  # the data is wrong: no retry, the failing rows kept aside
@@ -505,13 +518,13 @@ def run_chunk(
             return ChunkResult(
                 key=chunk.key, path=path, status=FAILED, stage=context.stage, seconds=time.perf_counter() - start,
                 attempts=attempts, worker=_worker_name(), error=str(exc), check_failed=True,
-                started=wall, ended=time.time(),
+                started=wall, ended=time.time(), log=log.text(),
             )
         except ChunkStopped as exc:
             return ChunkResult(
                 key=chunk.key, path=path, status=NOT_RUN, stage=context.stage, seconds=time.perf_counter() - start,
                 attempts=attempts, worker=_worker_name(), error=str(exc), timed_out=timed_out,
-                started=wall, ended=time.time(),
+                started=wall, ended=time.time(), log=log.text(),
             )
         except Exception as exc:  # noqa: BLE001 - one chunk's failure is data, not a crash
             timed_out = timed_out or isinstance(exc, ChunkTimeout)
@@ -523,7 +536,7 @@ def run_chunk(
                 attempts=attempts, worker=_worker_name(), error=f"{type(exc).__name__}: {exc}",
                 traceback=None if isinstance(exc, ChunkTimeout) else
                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
-                timed_out=timed_out, started=wall, ended=time.time(),
+                timed_out=timed_out, started=wall, ended=time.time(), log=log.text(),
             )
         finally:
             attempt.give_up()  # a no-op once committed

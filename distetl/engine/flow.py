@@ -145,6 +145,7 @@ def run_chunks(job: PackedJob, label: str) -> Any:
                             watch_stop=True)
     if run is not None:
         run.note_timeouts(results)
+    _emit_chunk_logs(results)
     failed = [r for r in results if r.status == FAILED]
     if failed and run is None:
         raise BatchFailed(results)
@@ -161,6 +162,53 @@ def run_chunks(job: PackedJob, label: str) -> Any:
             run.partial[_batch_id(job.job)] = results
         return Cancelled(message="stopped with the run; committed chunks stay")
     return BatchResults(results)
+
+
+#: Log lines of chunks that did not fail sent to Prefect per batch (a failed chunk's
+#: lines, at most 50 each, are always sent).
+LOG_LINES_PER_BATCH = 200
+
+
+def _emit_chunk_logs(results: list[ChunkResult]) -> None:
+    """Send the chunks' own log lines (and a failed chunk's error) to Prefect as logs of
+    this batch's task run, each line prefixed with its chunk's key: only to Prefect's
+    API (the terminal gets distetl's own summary)."""
+    if not any(r.log or r.status == FAILED for r in results):
+        return
+    try:
+        from prefect.logging import get_run_logger
+        from prefect.logging.handlers import APILogHandler
+
+        adapter = get_run_logger()
+    except Exception:  # noqa: BLE001 - no run context (a batch run outside a flow)
+        return
+    handlers = []
+    logger: Any = adapter.logger
+    while logger is not None:
+        handlers += [h for h in logger.handlers if isinstance(h, APILogHandler)]
+        logger = logger.parent if logger.propagate else None
+    if not handlers:
+        return
+
+    def send(level: int, text: str) -> None:
+        message, kwargs = adapter.process(text, {})
+        record = adapter.logger.makeRecord(adapter.logger.name, level, __file__, 0, message, (), None,
+                                           extra=kwargs.get("extra"))
+        for handler in handlers:
+            handler.handle(record)
+
+    budget = LOG_LINES_PER_BATCH
+    for r in results:
+        failed = r.status == FAILED
+        if failed:
+            send(logging.ERROR, f"chunk {r.key} failed: {r.error}")
+        for line in (r.log or "").splitlines():
+            if not failed and budget <= 0:
+                break
+            level = logging.WARNING if " WARNING " in line[:40] else logging.ERROR if " ERROR " in line[:40] \
+                else logging.INFO
+            send(level, f"{r.key} | {line}")
+            budget -= 0 if failed else 1
 
 
 class BatchResults:

@@ -29,11 +29,14 @@ SLOWEST = 5
 #: Rows buffered in memory before they are written to the spill file as a row group.
 ROWS_PER_GROUP = 5_000
 
+#: Characters of chunk logs and tracebacks buffered before a row group is written anyway.
+MAX_BUFFERED_TEXT = 8_000_000
+
 #: Chunk statuses, in the order counts are shown.
 STATUSES = (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)
 
 _FIELDS = ("stage", "key", "path", "status", "rows", "bytes", "seconds", "attempts", "error", "worker",
-           "task_run_id", "traceback", "timed_out", "started", "ended", "record", "warnings", "check_failed") + tuple(f"{p}_s" for p in PHASES)
+           "task_run_id", "traceback", "timed_out", "started", "ended", "record", "warnings", "check_failed", "log") + tuple(f"{p}_s" for p in PHASES)
 
 
 def _schema() -> Any:
@@ -46,7 +49,7 @@ def _schema() -> Any:
         ("seconds", pa.float64()), ("attempts", pa.int32()), ("error", text),
         ("worker", pa.dictionary(pa.int32(), text)), ("task_run_id", pa.dictionary(pa.int32(), text)),
         ("traceback", text), ("timed_out", pa.bool_()), ("started", pa.float64()), ("ended", pa.float64()),
-        ("record", text), ("warnings", text), ("check_failed", pa.bool_()),
+        ("record", text), ("warnings", text), ("check_failed", pa.bool_()), ("log", text),
         *((f"{p}_s", pa.float32()) for p in PHASES),
     ])
 
@@ -77,6 +80,7 @@ class RunLedger:
         self._folder = folder
         self._own_folder = folder is None
         self._buffer: list[ChunkResult] = []
+        self._buffered = 0
         self._writer: Any = None
         self._lock = threading.Lock()
         self._closed = False
@@ -122,7 +126,8 @@ class RunLedger:
                 row["rows"] += result.rows
                 row["seconds"] = round(row["seconds"] + result.seconds, 3)
             self._buffer.append(result)
-            if len(self._buffer) >= ROWS_PER_GROUP:
+            self._buffered += len(result.log or "") + len(result.traceback or "")
+            if len(self._buffer) >= ROWS_PER_GROUP or self._buffered > MAX_BUFFERED_TEXT:
                 self._flush()
 
     def _flush(self) -> None:
@@ -146,6 +151,7 @@ class RunLedger:
                                             compression="zstd")
         self._writer.write_table(table)
         self._buffer = []
+        self._buffered = 0
 
     # -- reading ------------------------------------------------------------------------
 

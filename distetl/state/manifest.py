@@ -31,7 +31,7 @@ FAILED_IN_MANIFEST = 100
 
 #: Per-chunk columns of ``runs/<time>-<id>.chunks.parquet``.
 _CHUNK_COLUMNS = ("stage", "key", "status", "rows", "bytes", "seconds", "attempts", "worker",
-                  "task_run_id", "error", "started", "timed_out") + tuple(f"{p}_s" for p in PHASES)
+                  "task_run_id", "error", "started", "timed_out", "log") + tuple(f"{p}_s" for p in PHASES)
 
 
 def manifest_dir(output: str, pipeline_name: str) -> str:
@@ -242,7 +242,7 @@ def _chunk_table(ledger: RunLedger) -> bytes:
         ("status", pa.dictionary(pa.int32(), pa.string())), ("rows", pa.int64()), ("bytes", pa.int64()),
         ("seconds", pa.float32()), ("attempts", pa.int16()), ("worker", pa.dictionary(pa.int32(), pa.string())),
         ("task_run_id", pa.dictionary(pa.int32(), pa.string())), ("error", pa.string()),
-        ("started", pa.float64()), ("timed_out", pa.bool_()),
+        ("started", pa.float64()), ("timed_out", pa.bool_()), ("log", pa.string()),
         *((f"{p}_s", pa.float32()) for p in PHASES),
     ])
     buffer = io.BytesIO()

@@ -58,6 +58,9 @@ class ChunkResult:
     check_s: float = 0.0
     write_s: float = 0.0
     commit_s: float = 0.0
+    #: The chunk's own log lines on the worker (``logging`` records and warnings of its
+    #: user code, the last 50 lines / 20 KB; see distetl.engine.chunklog), or None.
+    log: Optional[str] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
