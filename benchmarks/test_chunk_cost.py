@@ -1,7 +1,7 @@
 """What one small chunk costs on a worker against the same work in a plain Python loop
 (:mod:`chunk_cost`: each of 366 daily chunks reads an 18,000-row CSV, keeps its day's
 ~50 rows and writes them), side by side in one session: loop and distetl alternate,
-each in a fresh process, 2 rounds in quick mode (3 in full); each keeps its best round.
+each in a fresh process, 3 rounds in quick mode (4 in full); each keeps its best round.
 
 Check: distetl's mean chunk ``seconds`` on the worker (the run's per-chunk file: extract,
 transform, checks, Parquet, commit) / the loop's time per chunk ≤ 1.2.
@@ -18,7 +18,7 @@ CHUNKS = 366
 
 
 def test_chunk_cost(bench, bench_root, sizes, prefect_server):
-    rounds = 3 if sizes.mode == "full" else 2
+    rounds = 4 if sizes.mode == "full" else 3
     loops, runs = [], []
     for n in range(rounds):
         spec = {"root": str(bench_root / NAME), "chunks": CHUNKS, "round": n}
