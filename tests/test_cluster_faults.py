@@ -240,9 +240,10 @@ def test_two_runs_of_the_same_backfill_at_once_one_is_refused(tmp_path, flow_fil
 
 def test_runs_starting_together_on_a_new_output_all_pass_the_workers_path_check(tmp_path):
     """Before its lease, a remote run proves the workers see the output folder with a probe
-    file under ``{output}/_distetl/`` and removes the folders it made. Runs starting at the
-    same moment on a new output must not trip over each other's cleanup (it once raised
-    FileNotFoundError in the second run: exit 1 instead of the lease's exit 2)."""
+    file under ``{output}/_distetl/`` (removed after; the folders made for it only when the
+    check fails). Runs starting at the same moment on a new output must not trip over each
+    other's probes, nor remove the folder another run is writing its lease in (both once
+    raised FileNotFoundError in the second run: exit 1 instead of the lease's exit 2)."""
     from distributed import Client, LocalCluster
 
     from distetl.engine.runners import OUTPUT_FOLDER, _check_paths_seen
@@ -260,17 +261,31 @@ def test_runs_starting_together_on_a_new_output_all_pass_the_workers_path_check(
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(f"{type(exc).__name__}: {exc}")
 
+        def take_lease(out: str, barrier: threading.Barrier, delay: float) -> None:
+            # A run whose check passed writes under {output}/_distetl/ at once (its lease).
+            barrier.wait()
+            time.sleep(delay)
+            try:
+                folder = os.path.join(out, "_distetl", "p")
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, "lease.json"), "w") as handle:
+                    handle.write("{}")
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(f"lease: {type(exc).__name__}: {exc}")
+
         for i in range(60):
             out = str(tmp_path / f"out{i}")
-            barrier = threading.Barrier(3)
+            barrier = threading.Barrier(4)
             threads = [threading.Thread(target=check, args=(out, barrier, j * (i % 12) * 0.0005))
                        for j in range(3)]
+            threads.append(threading.Thread(target=take_lease, args=(out, barrier, (i % 7) * 0.0004)))
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            left = [p.name for p in Path(out).rglob("*") if p.is_file()]
+            left = [p.name for p in Path(out).rglob("*") if p.is_file() and p.name != "lease.json"]
             assert left == [], f"the check left its probe files behind: {left}"
+            assert (Path(out) / "_distetl" / "p" / "lease.json").exists()
     assert errors == []
 
 

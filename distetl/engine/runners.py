@@ -370,14 +370,16 @@ def _check_paths_seen(client: Any, facts: Mapping[str, Mapping[str, Any]], paths
 
     The output folder is proved by a probe file with a random token that the driver
     writes under ``{output}/_distetl/`` and every worker reads back (a folder of the same
-    name on the worker's own disk does not pass); the probe, and the folders made for it,
-    are removed before this returns. A source file must exist on every worker.
+    name on the worker's own disk does not pass); the probe is removed before this
+    returns, and so are the folders made for it when the check fails (a run that passes
+    writes under them next). A source file must exist on every worker.
     """
     import uuid
 
     output = next((path for what, path in paths if what == OUTPUT_FOLDER), None)
     sources = [(what, path) for what, path in paths if what != OUTPUT_FOLDER]
     probe = token = None
+    blind: Optional[dict[str, Any]] = None
     made: list[str] = []
     try:
         if output is not None:
@@ -400,14 +402,17 @@ def _check_paths_seen(client: Any, facts: Mapping[str, Mapping[str, Any]], paths
                     if attempt == 19:
                         raise
         found = client.run(_unseen_function(), list(sources), probe, token)
+        blind = {worker: unseen for worker, unseen in found.items() if unseen}
     finally:
         if probe is not None:
             with contextlib.suppress(OSError):
                 os.remove(probe)
-        for folder in made:  # deepest first; only folders this made, and only if empty
+        # The folders made for the probe go only when the run stops here: a run that goes
+        # on writes under them at once, and so may another run starting on the same
+        # output, whose files must not lose their folder under it.
+        for folder in made if blind is None or blind else ():  # deepest first, only if empty
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
-    blind = {worker: unseen for worker, unseen in found.items() if unseen}
     if not blind:
         return
     worker, unseen = sorted(blind.items())[0]

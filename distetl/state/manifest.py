@@ -266,7 +266,7 @@ def read_chunks(storage: Storage, path: str) -> list[dict[str, Any]]:
     raw = storage.read_bytes(path)
     if raw is None:
         return []
-    return pq.read_table(io.BytesIO(raw)).to_pylist()
+    return pq.read_table(io.BytesIO(raw), use_threads=False).to_pylist()
 
 
 def asdict_plain(data: dict[str, Any]) -> dict[str, Any]:
