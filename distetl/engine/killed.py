@@ -23,7 +23,10 @@ from typing import Any, Callable
 from distetl.engine.packing import PackedJob, pack_bytes, run_packed_bytes
 from distetl.state.results import FAILED, ChunkResult
 
-__all__ = ["is_killed_worker", "killed_error", "memory_restarts", "rerun_alone", "single"]
+__all__ = ["is_killed_worker", "killed_error", "memory_restarts", "rerun_alone", "single", "ALONE_TRIES"]
+
+#: Tasks a chunk of a batch Dask gave up on gets on its own before it is blamed.
+ALONE_TRIES = 2
 
 
 def is_killed_worker(exc: BaseException) -> bool:
@@ -108,17 +111,24 @@ def rerun_alone(client: Any, packed: PackedJob, first: BaseException,
     for index, (chunk, path) in enumerate(job.chunks):
         if stopped():
             break
-        future = client.submit(run_packed_bytes, pack_bytes(single(packed, index)),
-                               key=f"distetl-chunk-{uuid.uuid4().hex}", pure=False)
-        track(future)
-        try:
-            results.extend(future.result())
-        except BaseException as exc:  # noqa: BLE001 - sorted out below
-            if not is_killed_worker(exc):
-                raise
-            results.append(ChunkResult(key=chunk.key, path=path, status=FAILED, stage=job.stage,
-                                       error=killed_error(chunk.key, job.stage, exc, memory_restarts(client))))
-        finally:
-            untrack(future)
-            future.release()
+        for attempt in range(ALONE_TRIES):
+            future = client.submit(run_packed_bytes, pack_bytes(single(packed, index)),
+                                   key=f"distetl-chunk-{uuid.uuid4().hex}", pure=False)
+            track(future)
+            try:
+                results.extend(future.result())
+                break
+            except BaseException as exc:  # noqa: BLE001 - sorted out below
+                if not is_killed_worker(exc):
+                    raise
+                # A chunk queued on a worker another chunk kills dies with it: only a chunk
+                # whose own task is given up on every time is the one to blame.
+                if attempt + 1 == ALONE_TRIES or stopped():
+                    results.append(ChunkResult(key=chunk.key, path=path, status=FAILED, stage=job.stage,
+                                               error=killed_error(chunk.key, job.stage, exc,
+                                                                  memory_restarts(client))))
+                    break
+            finally:
+                untrack(future)
+                future.release()
     return results
