@@ -79,15 +79,26 @@ def run_packed(job: PackedJob) -> list[ChunkResult]:
     """Run a packed batch in this process (the function Dask workers run).
 
     On a Dask worker the batch stops once the scheduler has cancelled it (the run was
-    stopped, or its client -- the driver -- is gone): a chunk computing then commits
-    nothing, and the chunks not started stay missing for the rerun.
+    stopped, or its client -- the driver -- is gone), or once the worker lost the
+    scheduler itself: a chunk computing then commits nothing, and the chunks not started
+    stay missing for the rerun.
     """
     cancelled = _cancelled_check()
     return run_batch(job.unpack(), report=_reporter(job.job.topic, cancelled), should_stop=cancelled)
 
 
+#: Worker states once it is going away. A worker whose scheduler connection breaks
+#: closes itself ("worker-handle-scheduler-connection-broken"), but the thread running
+#: a batch goes on until the process ends (seconds later) and its task still reads
+#: "executing": without this check it kept committing chunks after the driver had
+#: written its manifest and released the output's lease. (Not ``closing_gracefully``:
+#: a retiring worker still finishes what it runs.)
+_WORKER_GONE = ("stopping", "stopped", "closing", "closed", "failed")
+
+
 def _cancelled_check() -> Optional[Callable[[], bool]]:
-    """On a Dask worker, a function telling whether the current task was cancelled."""
+    """On a Dask worker, a function telling whether the current task was cancelled
+    or its worker is closing (e.g. it lost its scheduler)."""
     try:
         from distributed import get_worker
 
@@ -97,6 +108,8 @@ def _cancelled_check() -> Optional[Callable[[], bool]]:
         return None
 
     def cancelled() -> bool:
+        if getattr(getattr(worker, "status", None), "name", "running") in _WORKER_GONE:
+            return True
         state = worker.state.tasks.get(key)
         return state is None or state.state in ("cancelled", "released", "forgotten")
 
@@ -115,8 +128,9 @@ def _reporter(topic: str, cancelled: Optional[Callable[[], bool]]) -> Callable[[
         if cancelled():
             flush()
             raise BatchAbandoned(
-                f"batch stopped after chunk {result.key}: the scheduler cancelled it "
-                "(its run stopped or its driver disconnected); the rest of its chunks are left for the rerun"
+                f"batch stopped after chunk {result.key}: the scheduler cancelled it (its run stopped or "
+                "its driver disconnected) or its worker is closing (e.g. it lost the scheduler); the rest "
+                "of its chunks are left for the rerun"
             )
 
     flush = getattr(send, "flush", None) or (lambda: None)
