@@ -28,7 +28,7 @@ from cluster_helpers import (
     DaskProcesses, clean_env, expected_table, logged_flow_source, manifest_task_runs, read_exec_log,
     task_run_states, wait_until,
 )
-from conftest import REPO
+from conftest import REPO, last_run
 
 DAYS = 20
 
@@ -292,47 +292,56 @@ def test_runs_starting_together_on_a_new_output_all_pass_the_workers_path_check(
 def test_scheduler_killed_mid_run_ends_the_run_with_a_clear_error_and_the_rerun_does_the_rest(
         tmp_path, flow_file, prefect_api):
     """SIGKILL the scheduler mid-run: the run ends within 30 s with exit 1 and an error
-    naming the scheduler's address, its manifest lists the chunks committed so far (the
-    rest not run), its flow run is Failed in Prefect, the lease is released; a rerun
-    against a new scheduler commits exactly the rest."""
+    naming the scheduler's address, its manifest lists exactly the chunks committed (the
+    rest not run), its flow run is Failed in Prefect, the lease is released, and the
+    workers left without a scheduler commit nothing more (they once went on committing
+    for seconds after the lease was released); a rerun against a new scheduler commits
+    exactly the rest."""
     log = tmp_path / "exec.log"
     n = 30
     path = flow_file(logged_flow_source(log, n_days=n, sleep=0.3))
     out = tmp_path / "out"
     with DaskProcesses(tmp_path / "dask") as procs:
         procs.start(n_workers=2)
+        workers = [psutil.Process(w.pid) for w in procs.workers]
         driver = psutil.Popen(
             [sys.executable, "-m", "distetl.cli", "run", str(path), "--output", str(out), "--scheduler",
-             procs.address, "--chunks-per-task", "3", "--no-progress"],
+             procs.address, "--chunks-per-task", "3", "--json"],
             env=dict(os.environ), cwd=str(REPO), stdout=-1, stderr=-1, text=True,
         )
         try:
-            wait_until(lambda: sum(1 for e in read_exec_log(log) if e[0] == "start") >= 6, 120, "six chunks to start")
+            # Mid-batch: some chunks committed, the batches in flight still computing.
+            wait_until(lambda: sum(1 for e in read_exec_log(log) if e[0] == "end") >= 5, 120, "five chunks to commit")
             killed = time.monotonic()
             procs.scheduler.kill()
-            _, stderr = driver.communicate(timeout=60)
+            stdout, stderr = driver.communicate(timeout=60)
             took = time.monotonic() - killed
+            committed = _targets(out)
+            # The workers close themselves without their scheduler; what they were
+            # running commits nothing more once the driver has ended.
+            _, alive = psutil.wait_procs(workers, timeout=30)
+            assert not alive, procs.logs()
         finally:
             if driver.poll() is None:
                 driver.kill()
     assert driver.returncode == 1 and took <= 30, (driver.returncode, took, stderr[-3000:])
     assert f"the Dask scheduler {procs.address} was lost mid-run" in stderr and "Fix: start the scheduler" in stderr
     assert "Traceback" not in stderr, stderr[-6000:]
-    committed = _targets(out)
-    latest = json.loads((out / "_distetl" / "logged" / "latest.json").read_text())
-    manifest = json.loads(Path(latest["manifest"]).read_text())
+    assert _targets(out) == committed, "a worker without a scheduler committed after the run ended"
+    manifest, records = last_run(out, "logged")
     assert manifest["scheduler_lost"] and procs.address in manifest["scheduler_lost"]
+    assert json.loads(stdout)["summary"] == manifest["summary"]
     summary = manifest["summary"]
-    # Workers left without a scheduler may finish the chunk they were writing after the
-    # driver's last listing: the manifest counts what was committed when the run ended.
-    assert 0 < summary["written"] + summary["skipped"] <= len(committed) and summary["failed"] == 0
-    assert summary["not_run"] == n - summary["written"] - summary["skipped"]
+    done = {r["key"] for r in records if r["status"] in ("written", "skipped")}
+    assert done == {f"date={d}" for d in committed} and 0 < len(done) < n, (sorted(done), sorted(committed))
+    assert summary["written"] + summary["skipped"] == len(committed) and summary["failed"] == 0
+    assert summary["not_run"] == n - len(committed)
     assert not (out / "_distetl" / "logged" / "lease.json").exists(), "the lease was not released"
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(manifest["flow_run_id"]).state
-    assert state.type.value == "FAILED" and "was lost mid-run" in (state.message or ""), state
+    assert state.type.value in ("FAILED", "CRASHED") and "was lost mid-run" in (state.message or ""), state
 
     with DaskProcesses(tmp_path / "dask2") as procs2:
         procs2.start(n_workers=2)
@@ -340,5 +349,6 @@ def test_scheduler_killed_mid_run_ends_the_run_with_a_clear_error_and_the_rerun_
     assert rerun.ok and rerun.already_committed == len(committed)
     assert {r.key for r in rerun.results if r.status == "written"} == {f"date={d}" for d in _days(n)} - {
         f"date={d}" for d in committed}
+    assert {d: v for d, v in _targets(out).items() if d in committed} == committed, "committed files were rewritten"
     _no_recompute_after_commit(log)
     _check_output(out, n)
