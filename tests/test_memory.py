@@ -71,3 +71,28 @@ def test_a_bad_memory_limit_is_refused_before_anything_runs(tmp_path, flow_file,
     done = cli("run", str(path), "--output", str(tmp_path / "out"), *args, env={"MEMORY_BLOW": "0"})
     assert done.returncode == 2 and expected in done.stderr and "Fix:" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_takes_the_same_limit(tmp_path, monkeypatch):
+    import distetl
+    from distetl.engine.runners import RunnerSpec
+    from distetl.errors import ConfigError
+
+    monkeypatch.delenv("DISTETL_SCHEDULER", raising=False)
+    assert RunnerSpec.for_run(None, 2, None, "300MiB").cluster_options == {"memory_limit": 300 * 2**20}
+    assert RunnerSpec.for_run(RunnerSpec(workers=2), worker_memory_limit=2**30).cluster_options == {"memory_limit": 2**30}
+    assert RunnerSpec.for_run(None, 2).cluster_options == {}
+    pipeline = distetl.Pipeline(name="mem", plan=distetl.ChunkList([1], key_field="n"),
+                                extract=lambda chunk: None, target="{output}/mem/n={n}/part-0.parquet")
+    for kwargs, expected in [
+        ({"worker_memory_limit": "lots"}, "got 'lots'. Fix: pass e.g. --worker-memory-limit 2GiB"),
+        ({"worker_memory_limit": "1GiB", "scheduler": "tcp://127.0.0.1:9"},
+         "dask worker tcp://127.0.0.1:9 --memory-limit 1GiB"),
+        ({"worker_memory_limit": "1GiB", "runner": RunnerSpec(kind="remote", scheduler="tcp://127.0.0.1:9")},
+         "dask worker tcp://127.0.0.1:9 --memory-limit 1GiB"),
+        ({"worker_memory_limit": "1GiB", "runner": "sequential"}, "Fix:"),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            distetl.run(pipeline, str(tmp_path / "out"), **kwargs)
+        assert expected in str(raised.value), (kwargs, str(raised.value))
+    assert not (tmp_path / "out").exists()

@@ -363,6 +363,7 @@ def run(
     record_timeout: float = 120.0,
     stages: Optional[Sequence[str]] = None,
     stale: bool = False,
+    worker_memory_limit: Optional[str | int] = None,
 ) -> RunReport:
     """Run a backfill: plan, skip committed chunks, run the rest as one Prefect flow.
 
@@ -384,6 +385,7 @@ def run(
         stages: Run only these stages and what they need (default: every stage).
         stale: Redo stale chunks too (and everything downstream of them); without it a
             run does missing and failed chunks only and reports the stale ones.
+        worker_memory_limit: Each worker's memory limit (``"2GiB"``; ``--worker-memory-limit``).
 
     Returns:
         The run report; ``report.ok`` is False if any chunk failed.
@@ -397,7 +399,7 @@ def run(
     quiet_prefect_env()
     console = console or Console(stderr=True, quiet=not progress)
     started = time.perf_counter()
-    spec = runner if isinstance(runner, RunnerSpec) else RunnerSpec.from_options(runner, workers, scheduler)
+    spec = RunnerSpec.for_run(runner, workers, scheduler, worker_memory_limit)
     planned = plan(pipeline, output, params, storage_options, force, stages, stale)
     will_run = planned.to_run and not dry_run
     facts = spec.check(planned.pipeline if will_run else None,

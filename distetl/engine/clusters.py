@@ -34,7 +34,7 @@ from distetl.errors import ConfigError
 __all__ = [
     "ADAPT_KEYS", "ADAPTIVE_UNKNOWN_TASK_DURATION", "LOCAL_DEFAULTS", "Scaling", "accepted_options",
     "check_cluster", "cluster_conflicts", "cluster_factory", "cluster_runner", "import_cluster_class", "last_scaling", "parse_adapt",
-    "parse_cluster_options", "planned_threads", "threads_per_worker",
+    "memory_limit_bytes", "parse_cluster_options", "planned_threads", "threads_per_worker", "with_memory_limit",
 ]
 
 #: What a batch of chunks whose duration the scheduler has not measured yet counts as
@@ -203,6 +203,59 @@ def cluster_conflicts(
 
 
 # -- the class and its options ------------------------------------------------------------
+
+def memory_limit_bytes(limit: Any, scheduler: Any = None) -> int:
+    """``--worker-memory-limit`` (``worker_memory_limit=``) in bytes.
+
+    Args:
+        limit: A size Dask parses (``"2GiB"``, ``"512MB"``) or a number of bytes.
+        scheduler: The remote scheduler's address, if the run has one.
+
+    Raises:
+        ConfigError: A size Dask cannot parse, or a limit for a remote cluster (its
+            workers are started elsewhere, with their own limit).
+    """
+    if scheduler:
+        raise ConfigError(
+            "--worker-memory-limit only for a cluster the run starts (local, or --cluster-class)",
+            f"--worker-memory-limit {limit} with the remote scheduler {scheduler}",
+            "a remote cluster's workers set their own limit where they start: "
+            f"dask worker {scheduler} --memory-limit {limit} (drop --worker-memory-limit here)",
+        )
+    from dask.utils import parse_bytes
+
+    try:
+        size = int(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) \
+            else parse_bytes(str(limit))
+    except (ValueError, TypeError):
+        size = 0
+    if size <= 0:
+        raise ConfigError("--worker-memory-limit as a size such as 2GiB, 512MiB or 4GB", repr(limit),
+                          "pass e.g. --worker-memory-limit 2GiB")
+    return size
+
+
+def with_memory_limit(options: Any, limit: Any, scheduler: Any = None) -> list[str]:
+    """``--cluster-option`` strings with ``--worker-memory-limit`` added as ``memory_limit``.
+
+    Args:
+        options: The ``--cluster-option`` strings.
+        limit: The ``--worker-memory-limit`` value (None: none).
+        scheduler: The remote scheduler's address, if the run has one.
+
+    Raises:
+        ConfigError: See :func:`memory_limit_bytes`; also a ``memory_limit`` among the
+            options.
+    """
+    options = list(options or [])
+    if limit is None:
+        return options
+    size = memory_limit_bytes(limit, scheduler)
+    if any(o.split("=", 1)[0].strip() == "memory_limit" for o in options if isinstance(o, str)):
+        raise ConfigError("one memory limit", f"--worker-memory-limit {limit} and --cluster-option memory_limit=…",
+                          "keep one of them")
+    return [*options, f"memory_limit={size}"]
+
 
 def is_local_cluster(name: Optional[str]) -> bool:
     """Whether a ``--cluster-class`` names ``distributed.LocalCluster`` (or none is given)."""

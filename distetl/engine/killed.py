@@ -8,14 +8,19 @@ restarts the worker) and the others merely shared them. :func:`rerun_alone` runs
 chunk of such a batch as a Dask task of its own, in order (a chunk committed before is
 skipped on the worker), so the innocent ones commit and the culprit fails alone, with
 :func:`killed_error` saying what happened: "ran out of memory on worker W (limit 2 GiB)"
-when the scheduler recorded a memory restart of that worker (the nanny's
-``worker-restart-memory`` event), else that its workers died.
+when the scheduler recorded memory restarts (the nanny's ``worker-restart-memory``
+events) of the last worker that ran it, or of most of the workers its tasks could have
+killed since its first task of its own began, else that its workers died. (The nanny sends
+that event beside killing the worker, so it can reach the scheduler after Dask gave up on
+the task: the driver waits a moment for it; and a worker Dask counts against the task can
+die without one, e.g. one closed while paused at its memory limit.)
 
 Driver side; the tasks are the same plain batch function the workers always run.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import replace
 from typing import Any, Callable
@@ -23,7 +28,7 @@ from typing import Any, Callable
 from distetl.engine.packing import PackedJob, pack_bytes, run_packed_bytes
 from distetl.state.results import FAILED, ChunkResult
 
-__all__ = ["is_killed_worker", "killed_error", "memory_restarts", "rerun_alone", "single", "ALONE_TRIES"]
+__all__ = ["for_memory", "is_killed_worker", "killed_error", "memory_restarts", "rerun_alone", "single", "ALONE_TRIES"]
 
 #: Tasks a chunk of a batch Dask gave up on gets on its own before it is blamed.
 ALONE_TRIES = 2
@@ -38,9 +43,10 @@ def is_killed_worker(exc: BaseException) -> bool:
     return isinstance(exc, KilledWorker)
 
 
-def memory_restarts(client: Any) -> dict[str, int]:
+def memory_restarts(client: Any, since: float = 0.0) -> dict[str, int]:
     """Per worker address, the memory limit (bytes) of workers the nannies restarted for
-    memory, from the scheduler's ``worker-restart-memory`` events (limit 0: unknown)."""
+    memory (at ``since``, a scheduler ``time.time()``, or later), from the scheduler's
+    ``worker-restart-memory`` events (limit 0: unknown)."""
     try:
         events = client.get_events("worker-restart-memory")
     except Exception:  # noqa: BLE001 - no events: say nothing about memory
@@ -53,10 +59,23 @@ def memory_restarts(client: Any) -> dict[str, int]:
         pass
     known = max(limits.values(), default=0)
     out: dict[str, int] = {}
-    for _, event in events or ():
-        if isinstance(event, dict) and event.get("worker"):
+    for stamp, event in events or ():
+        if isinstance(event, dict) and event.get("worker") and (stamp or 0) >= since:
             out[event["worker"]] = limits.get(event["worker"], known)
     return out
+
+
+def _deaths(exc: BaseException) -> int:
+    tries = getattr(exc, "allowed_failures", None)
+    return tries + 1 if isinstance(tries, int) else 1
+
+
+def for_memory(exc: BaseException, restarts: dict[str, int], tasks: int = 1) -> bool:
+    """Whether a task Dask gave up on (``exc``, a ``KilledWorker``) died of memory: its last
+    worker was restarted for memory, or most of the worker deaths its ``tasks`` tasks
+    took were memory restarts (``restarts``: those since its first task began)."""
+    last = getattr(getattr(exc, "last_worker", None), "address", None)
+    return last in restarts or 2 * len(restarts) > _deaths(exc) * tasks
 
 
 def _size(n: int) -> str:
@@ -66,14 +85,14 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def killed_error(key: str, stage: str, exc: BaseException, restarts: dict[str, int]) -> str:
-    """The error of a chunk whose task's workers kept dying (see the module)."""
-    last = getattr(getattr(exc, "last_worker", None), "address", None) or "?"
-    tries = getattr(exc, "allowed_failures", None)
-    tried = f"{tries + 1} worker(s)" if isinstance(tries, int) else "its workers"
+def killed_error(key: str, stage: str, exc: BaseException, restarts: dict[str, int], tasks: int = 1) -> str:
+    """The error of a chunk whose ``tasks`` tasks' workers kept dying (see the module)."""
+    worker = getattr(exc, "last_worker", None)
+    last = getattr(worker, "address", None) or "?"
+    tried = f"{_deaths(exc)} worker(s)" if isinstance(getattr(exc, "allowed_failures", None), int) else "its workers"
     where = f"chunk {key}" + (f" of stage {stage}" if stage else "")
-    if last in restarts:
-        limit = restarts[last] or int(getattr(getattr(exc, "last_worker", None), "memory_limit", 0) or 0)
+    if for_memory(exc, restarts, tasks):
+        limit = restarts.get(last) or int(getattr(worker, "memory_limit", 0) or 0) or max(restarts.values(), default=0)
         return (f"{where} ran out of memory on worker {last} (limit {_size(limit) if limit else 'unknown'}): "
                 f"the nanny restarted {tried} past 95 % of the limit while it ran; nothing was committed. "
                 "Fix: smaller chunks, streamed pieces (see Chunks bigger than memory: an extract that yields "
@@ -82,6 +101,21 @@ def killed_error(key: str, stage: str, exc: BaseException, restarts: dict[str, i
     return (f"{where}: {tried} died while running it (the last {last}; not for memory, as far as the "
             "scheduler knows); nothing was committed. Fix: look at that worker's log (a crash in native "
             "code, a killed process), then rerun")
+
+
+#: Seconds the driver waits for the last worker's memory-restart event to reach the scheduler.
+EVENT_WAIT = 2.0
+
+
+def _restarts_seen(client: Any, exc: BaseException, since: float, tasks: int) -> dict[str, int]:
+    """:func:`memory_restarts` since ``since``, waiting up to :data:`EVENT_WAIT` seconds
+    while they do not say memory yet (the nanny's event travels apart from the death)."""
+    deadline = time.monotonic() + EVENT_WAIT
+    restarts = memory_restarts(client, since)
+    while not for_memory(exc, restarts, tasks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        restarts = memory_restarts(client, since)
+    return restarts
 
 
 def single(packed: PackedJob, index: int) -> PackedJob:
@@ -111,6 +145,7 @@ def rerun_alone(client: Any, packed: PackedJob, first: BaseException,
     for index, (chunk, path) in enumerate(job.chunks):
         if stopped():
             break
+        since = _scheduler_time(client)
         for attempt in range(ALONE_TRIES):
             future = client.submit(run_packed_bytes, pack_bytes(single(packed, index)),
                                    key=f"distetl-chunk-{uuid.uuid4().hex}", pure=False)
@@ -125,10 +160,19 @@ def rerun_alone(client: Any, packed: PackedJob, first: BaseException,
                 # whose own task is given up on every time is the one to blame.
                 if attempt + 1 == ALONE_TRIES or stopped():
                     results.append(ChunkResult(key=chunk.key, path=path, status=FAILED, stage=job.stage,
-                                               error=killed_error(chunk.key, job.stage, exc,
-                                                                  memory_restarts(client))))
+                                               error=killed_error(chunk.key, job.stage, exc, _restarts_seen(
+                                                   client, exc, since, attempt + 1), attempt + 1)))
                     break
             finally:
                 untrack(future)
                 future.release()
     return results
+
+
+def _scheduler_time(client: Any) -> float:
+    """The scheduler's clock now (its events are stamped with it); this machine's when it
+    does not say, minus a second for the clocks' skew."""
+    try:
+        return float(client.run_on_scheduler(time.time))
+    except Exception:  # noqa: BLE001 - an older or locked-down scheduler
+        return time.time() - 1.0

@@ -13,11 +13,13 @@ import os
 import socket
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
-from distetl.engine.clusters import check_cluster, cluster_conflicts, cluster_runner, threads_per_worker
+from distetl.engine.clusters import (
+    check_cluster, cluster_conflicts, cluster_runner, memory_limit_bytes, threads_per_worker, with_memory_limit,
+)
 from distetl.errors import ClusterError, ConfigError
 from distetl.model.plans import FileList
 
@@ -134,6 +136,30 @@ class RunnerSpec:
         return cls(kind=kind, workers=workers, scheduler=scheduler, connect_timeout=connect_timeout,
                    performance_report=performance_report, cluster_class=cluster_class,
                    cluster_options=cluster_options, adapt=adapt)
+
+    @classmethod
+    def for_run(cls, runner: "str | RunnerSpec | None", workers: int | None = None, scheduler: str | None = None,
+                worker_memory_limit: Any = None) -> "RunnerSpec":
+        """The Python API's runner (:func:`distetl.run`): ``runner`` as given when it is a
+        spec, else one from the options; ``worker_memory_limit`` (``"2GiB"``, bytes) is the
+        ``memory_limit`` of each worker of a cluster the run starts.
+
+        Raises:
+            ConfigError: Conflicting options, a size Dask cannot parse, or a limit for a
+                remote cluster (its workers take ``dask worker --memory-limit``).
+        """
+        if not isinstance(runner, RunnerSpec):
+            remote = scheduler or os.environ.get(SCHEDULER_ENV) or None
+            return cls.from_options(runner, workers, scheduler,
+                                    cluster_options=with_memory_limit([], worker_memory_limit, remote) or None)
+        if worker_memory_limit is None:
+            return runner
+        size = memory_limit_bytes(worker_memory_limit, runner.scheduler if runner.kind == "remote" else None)
+        if runner.kind == "sequential" or "memory_limit" in runner.cluster_options:
+            raise ConfigError("one memory limit, for a cluster the run starts",
+                              f"worker_memory_limit={worker_memory_limit!r} with {runner.describe()}",
+                              "drop worker_memory_limit (or the runner's own memory_limit)")
+        return replace(runner, cluster_options={**runner.cluster_options, "memory_limit": size})
 
     @property
     def n_workers(self) -> int:
