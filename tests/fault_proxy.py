@@ -14,8 +14,10 @@ draw per request), one fault of ``kinds`` is injected instead:
 * ``slow``: forwarded, then the answer is held back ``delay`` seconds (past the client's
   read timeout) before it is sent to a client that has given up.
 
-:attr:`FaultProxy.injected` counts the faults per kind, :attr:`FaultProxy.requests` every
-request seen.
+Besides the random draws, ``rules`` inject a given fault into given requests (e.g. the
+first ``CreateMultipartUpload``): each ``[method, text in the path, kind, times]``.
+:attr:`FaultProxy.injected` counts the faults per kind, :attr:`FaultProxy.faulted` lists
+``(kind, method, path)`` of each, :attr:`FaultProxy.requests` counts every request seen.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class FaultProxy:
         kinds: The faults to draw from (uniformly), a subset of :data:`KINDS`.
         seed: Seed of the draws.
         delay: Seconds a ``slow`` answer is held back.
+        rules: ``[method, text, kind, times]``: the next ``times`` requests with that
+            method and ``text`` in their path get ``kind`` (before any random draw).
 
     Attributes:
         endpoint: ``http://127.0.0.1:PORT``, for s3fs's ``endpoint_url``.
@@ -60,7 +64,7 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, rate: float = 0.0, kinds: Iterable[str] = KINDS, seed: int = 0,
-                 delay: float = 3.0):
+                 delay: float = 3.0, rules: Iterable[list] = ()):
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.rate = rate
@@ -71,6 +75,11 @@ class FaultProxy:
         self.delay = delay
         self.injected: collections.Counter[str] = collections.Counter()
         self.requests = 0
+        self.faulted: list[tuple[str, str, str]] = []
+        self.rules = [list(rule) for rule in rules]
+        for rule in self.rules:
+            if rule[2] not in KINDS:
+                raise ValueError(f"Expected a fault kind among {KINDS}; got {rule[2]!r}")
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
@@ -79,14 +88,22 @@ class FaultProxy:
 
     # -- the draw ------------------------------------------------------------------------------
 
-    def draw(self) -> Optional[str]:
+    def draw(self, method: str = "", path: str = "") -> Optional[str]:
         """The fault for the next request, or None (counted)."""
         with self._lock:
             self.requests += 1
-            if not self.kinds or self._random.random() >= self.rate:
-                return None
-            kind = self._random.choice(self.kinds)
+            kind = None
+            for rule in self.rules:
+                if rule[3] > 0 and rule[0] == method and rule[1] in path:
+                    rule[3] -= 1
+                    kind = rule[2]
+                    break
+            else:
+                if not self.kinds or self._random.random() >= self.rate:
+                    return None
+                kind = self._random.choice(self.kinds)
             self.injected[kind] += 1
+            self.faulted.append((kind, method, path))
             return kind
 
     @property
@@ -199,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
-        kind = self.owner.draw()
+        kind = self.owner.draw(self.command, self.path)
         if kind in _ERRORS:
             status, code, message = _ERRORS[kind]
             data = _ERROR.format(code=code, message=message).encode()
