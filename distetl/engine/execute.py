@@ -580,6 +580,7 @@ def run_batch(
     here = {path: chunk.key for chunk, path in job.chunks}
     outcome: dict[str, tuple[Any, ...]] = {}
     for n, (chunk, path) in enumerate(job.chunks):
+        retries = storage.retries
         before = _unfinished_input(job, n, here, outcome)
         record = None
         if should_stop is not None and should_stop():
@@ -605,6 +606,7 @@ def run_batch(
             result = run_chunk(stage, chunk, path, storage, context, force=job.force,
                                should_stop=should_stop, watch_stop=watch_stop, record=record,
                                previous_rows=_previous_rows(job, n, outcome, storage))
+        result.storage_retries = storage.retries - retries
         outcome[path] = (result.status, record["data_version"] if result.status == WRITTEN and record else None,
                          result.rows if result.status == WRITTEN else None)
         results.append(result)

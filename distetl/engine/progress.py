@@ -124,6 +124,8 @@ def summary_table(report: RunReport) -> Table:
         table.add_row(row["name"], *(f"{row[name]:,}" if name == "rows" else str(row[name]) for name in columns))
     rate = report.rows / report.seconds if report.seconds else 0.0
     table.caption = f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s · {rate:,.0f} rows/s"
+    if report.storage_retries:
+        table.caption += f" · {report.storage_retries} storage request(s) retried"
     if report.leftovers_removed:
         table.caption += f" · removed {report.leftovers_removed} stale temp file(s) left by killed writes"
     return table

@@ -35,7 +35,7 @@ MAX_BUFFERED_TEXT = 8_000_000
 #: Chunk statuses, in the order counts are shown.
 STATUSES = (WRITTEN, SKIPPED, FAILED, BLOCKED, NOT_RUN)
 
-_FIELDS = ("stage", "key", "path", "status", "rows", "bytes", "seconds", "attempts", "error", "worker",
+_FIELDS = ("stage", "key", "path", "status", "rows", "bytes", "seconds", "attempts", "storage_retries", "error", "worker",
            "task_run_id", "traceback", "timed_out", "started", "ended", "record", "warnings", "check_failed", "log") + tuple(f"{p}_s" for p in PHASES)
 
 
@@ -46,7 +46,7 @@ def _schema() -> Any:
     return pa.schema([
         ("stage", pa.dictionary(pa.int32(), text)), ("key", text), ("path", text),
         ("status", pa.dictionary(pa.int32(), text)), ("rows", pa.int64()), ("bytes", pa.int64()),
-        ("seconds", pa.float64()), ("attempts", pa.int32()), ("error", text),
+        ("seconds", pa.float64()), ("attempts", pa.int32()), ("storage_retries", pa.int32()), ("error", text),
         ("worker", pa.dictionary(pa.int32(), text)), ("task_run_id", pa.dictionary(pa.int32(), text)),
         ("traceback", text), ("timed_out", pa.bool_()), ("started", pa.float64()), ("ended", pa.float64()),
         ("record", text), ("warnings", text), ("check_failed", pa.bool_()), ("log", text),
@@ -104,6 +104,7 @@ class RunLedger:
             counts[status] += 1
             counts["rows"] += result.rows
             counts["bytes"] += result.bytes
+            counts["storage_retries"] += result.storage_retries
             if result.warnings:
                 counts["warned"] += 1
                 if len(self.warned) < self.keep_failed:
@@ -167,7 +168,7 @@ class RunLedger:
         return sum(c[status] for c in self.counts.values())
 
     def total_of(self, field: str) -> int:
-        """Sum of ``rows`` or ``bytes`` over every result."""
+        """Sum of ``rows``, ``bytes`` or ``storage_retries`` over every result."""
         return sum(c[field] for c in self.counts.values())
 
     def batches(self, columns: Optional[Sequence[str]] = None) -> Iterator[Any]:
@@ -286,7 +287,7 @@ class RunLedger:
 
 
 def _zero() -> dict[str, int]:
-    return {**{s: 0 for s in STATUSES}, "rows": 0, "bytes": 0, "warned": 0, "check_failed": 0}
+    return {**{s: 0 for s in STATUSES}, "rows": 0, "bytes": 0, "warned": 0, "check_failed": 0, "storage_retries": 0}
 
 
 def _ms(seconds: float) -> str:

@@ -4,7 +4,7 @@ Parquet dataset readers, like every ``_``-prefixed path).
 A run writes three things under ``{output}/_distetl/{pipeline}/``:
 
 * ``runs/<time>-<id>.chunks.parquet``: one row per chunk that ran (stage, key, status,
-  rows, bytes, seconds, attempts, worker, task run, error, start time) -- a few tens of
+  rows, bytes, seconds, attempts, storage retries, worker, task run, error, start time) -- a few tens of
   bytes per chunk, compressed;
 * ``runs/<time>-<id>.json``: the summary, per-stage counts, the failed chunks (the first
   :data:`FAILED_IN_MANIFEST`, with a count of the rest) and where the per-chunk file is;
@@ -30,7 +30,7 @@ __all__ = ["RunReport", "manifest_dir", "read_chunks", "FAILED_IN_MANIFEST"]
 FAILED_IN_MANIFEST = 100
 
 #: Per-chunk columns of ``runs/<time>-<id>.chunks.parquet``.
-_CHUNK_COLUMNS = ("stage", "key", "status", "rows", "bytes", "seconds", "attempts", "worker",
+_CHUNK_COLUMNS = ("stage", "key", "status", "rows", "bytes", "seconds", "attempts", "storage_retries", "worker",
                   "task_run_id", "error", "started", "timed_out", "log") + tuple(f"{p}_s" for p in PHASES)
 
 
@@ -163,6 +163,12 @@ class RunReport:
         return self.ledger.total_of("rows")
 
     @property
+    def storage_retries(self) -> int:
+        """Storage requests of the chunks that failed transiently and were tried again
+        (S3: 5xx, throttled, connection resets, timeouts), over the whole run."""
+        return self.ledger.total_of("storage_retries")
+
+    @property
     def bytes(self) -> int:
         return self.ledger.total_of("bytes")
 
@@ -185,7 +191,8 @@ class RunReport:
         else:
             data["failed_chunks"] = [
                 {k: v for k, v in r.to_dict().items() if k in ("stage", "key", "status", "error", "attempts",
-                                                               "worker", "task_run_id", "timed_out")}
+                                                               "storage_retries", "worker", "task_run_id",
+                                                               "timed_out")}
                 for r in self.ledger.bad[:FAILED_IN_MANIFEST]
             ]
             data["failed_not_listed"] = max(0, self.ledger.bad_total - len(data["failed_chunks"]))
@@ -194,7 +201,7 @@ class RunReport:
             "total": self.total, "written": self.written, "skipped": self.skipped,
             "failed": self.failed_count, "blocked": self.blocked_count, "not_run": self.not_run,
             "interrupted": self.interrupted,
-            "rows": self.rows, "bytes": self.bytes,
+            "rows": self.rows, "bytes": self.bytes, "storage_retries": self.storage_retries,
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds else None,
         }
@@ -240,7 +247,8 @@ def _chunk_table(ledger: RunLedger) -> bytes:
     schema = pa.schema([
         ("stage", pa.dictionary(pa.int32(), pa.string())), ("key", pa.string()),
         ("status", pa.dictionary(pa.int32(), pa.string())), ("rows", pa.int64()), ("bytes", pa.int64()),
-        ("seconds", pa.float32()), ("attempts", pa.int16()), ("worker", pa.dictionary(pa.int32(), pa.string())),
+        ("seconds", pa.float32()), ("attempts", pa.int16()), ("storage_retries", pa.int32()),
+        ("worker", pa.dictionary(pa.int32(), pa.string())),
         ("task_run_id", pa.dictionary(pa.int32(), pa.string())), ("error", pa.string()),
         ("started", pa.float64()), ("timed_out", pa.bool_()), ("log", pa.string()),
         *((f"{p}_s", pa.float32()) for p in PHASES),

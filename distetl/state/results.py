@@ -35,6 +35,10 @@ class ChunkResult:
     bytes: int = 0
     seconds: float = 0.0
     attempts: int = 0
+    #: Storage requests of the chunk (its skip check, input reads, commit) that failed
+    #: transiently (5xx, throttled, connection reset, timeout) and were tried again by
+    #: the storage client (S3; see :attr:`distetl.storage.Storage.retries`).
+    storage_retries: int = 0
     error: Optional[str] = None
     worker: str = ""
     task_run_id: Optional[str] = None

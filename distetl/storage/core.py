@@ -92,6 +92,13 @@ class Storage:
         return self._backend.fs
 
     @property
+    def retries(self) -> int:
+        """Requests to the storage that failed transiently (5xx, throttled, a connection
+        reset, a timeout) and were tried again, so far, by this storage's client (S3;
+        0 elsewhere). A worker's chunk counts the difference over its work."""
+        return getattr(self._backend, "retries", 0)
+
+    @property
     def endpoint(self) -> str | None:
         """The S3 endpoint in use: ``endpoint_url`` option, else ``AWS_ENDPOINT_URL_S3``
         or ``AWS_ENDPOINT_URL``; None means AWS's own endpoints."""

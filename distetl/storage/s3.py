@@ -16,12 +16,27 @@ itself: the driver and every worker; explicit storage options travel with the ta
 * Listings are never cached, so a rerun sees what workers wrote.
 * Plan-time checks use a client with short timeouts and one retry, so a wrong endpoint
   is an error within seconds rather than after minutes of retries.
+* Chunk reads and writes use botocore's ``standard`` retries (exponential backoff with
+  jitter) and bounded timeouts (:data:`CLIENT_CONFIG`) unless the storage options'
+  ``config_kwargs`` give their own. The requests that failed transiently (5xx, throttled,
+  a connection reset, a timeout) are counted (:attr:`S3Backend.retries`): the run's
+  report shows them per chunk and in all.
+* A request may succeed on the server and its answer be lost: the retry of a create-only
+  commit (by botocore, s3fs, or aiohttp, which resends a PUT once, silently, when a
+  kept-alive connection drops) then meets its own object (412). Each create-only commit
+  therefore carries a token of its own in the object's metadata
+  (``x-amz-meta-distetl-commit``); on a 412 one ``HeadObject`` tells whether the object
+  is this commit's (committed: True) or another writer's (False), even when both wrote
+  the same bytes. A retried ``CreateMultipartUpload`` that created an upload whose
+  answer was lost has that upload aborted; an abort is itself retried.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+import uuid
 from typing import Any, Optional
 
 import fsspec
@@ -29,7 +44,7 @@ import fsspec
 from distetl.errors import StorageError
 from distetl.storage.base import AtomicSink, Backend, _error_code, _hide_userinfo
 
-__all__ = ["S3Backend", "MULTIPART_PART_SIZE", "SINGLE_PUT_LIMIT"]
+__all__ = ["S3Backend", "MULTIPART_PART_SIZE", "SINGLE_PUT_LIMIT", "CLIENT_CONFIG", "RetryCounter"]
 
 #: Largest object one S3 ``PutObject`` may carry; bigger commits go multipart.
 SINGLE_PUT_LIMIT = 5 * 2**30
@@ -42,6 +57,69 @@ PARTS_PER_SIZE = 1000
 
 #: botocore settings of the plan-time probe: fail within seconds, not minutes.
 PROBE_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 2, "mode": "standard"}}
+
+#: botocore settings of every other request (each key unless ``config_kwargs`` has it):
+#: up to 8 tries of a request that failed transiently (5xx, throttling, a connection
+#: error, a timeout), with exponential backoff and jitter (botocore's ``standard`` mode;
+#: s3fs adds its own few tries for some errors on top).
+CLIENT_CONFIG = {"connect_timeout": 10, "read_timeout": 30, "retries": {"max_attempts": 8, "mode": "standard"}}
+
+#: Error codes botocore (standard mode) retries besides 5xx answers.
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "RequestThrottled", "RequestTimeout",
+    "RequestTimeoutException", "PriorRequestNotComplete", "BandwidthLimitExceeded",
+})
+
+#: The object metadata key of a create-only commit's token (``x-amz-meta-distetl-commit``).
+COMMIT_TOKEN = "distetl-commit"
+
+#: Tries of an ``AbortMultipartUpload`` (each itself retried by botocore) and the pause
+#: before the first retry (doubling).
+ABORT_TRIES = 4
+ABORT_PAUSE = 0.5
+
+
+class RetryCounter:
+    """botocore event handlers that count the requests that failed transiently.
+
+    Called as the ``needs-retry`` handler (after each try of a request): an exception
+    while sending or receiving the answer's head (connection reset or refused, a
+    timeout), an answer of 500 or more, or a throttling/timeout error code. It never asks
+    for a retry itself (botocore's own handler decides). :meth:`escaped`, the
+    ``after-call-error`` handler, counts the failures that end a call without passing
+    there and that s3fs tries again: an answer cut off while its body was read.
+
+    Attributes:
+        count: Such failures so far (each was tried again unless the call gave up).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, response: Any = None, caught_exception: Any = None, **kwargs: Any) -> None:
+        if caught_exception is None:
+            if not response:
+                return None
+            http, parsed = response
+            code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+            if getattr(http, "status_code", 0) < 500 and code not in _TRANSIENT_CODES:
+                return None
+        with self._lock:
+            self.count += 1
+        return None
+
+    def escaped(self, exception: Any = None, **kwargs: Any) -> None:
+        """``after-call-error`` handler: counts a call's exception that s3fs retries and
+        that the ``needs-retry`` handler did not see (an error reading the answer's body)."""
+        from botocore.exceptions import HTTPClientError
+        from s3fs.core import S3_RETRYABLE_ERRORS
+
+        if isinstance(exception, S3_RETRYABLE_ERRORS) and not isinstance(exception, HTTPClientError):
+            with self._lock:
+                self.count += 1
+        return None
 
 
 class S3Backend(Backend):
@@ -64,12 +142,31 @@ class S3Backend(Backend):
             options.get("key") or options.get("secret") or options.get("session")
         ):
             options["profile"] = os.environ["AWS_PROFILE"]
-        if probe:
-            config = dict(options.get("config_kwargs") or {})
-            for name, value in PROBE_CONFIG.items():
-                config.setdefault(name, value)
-            options["config_kwargs"] = config
+        config = dict(options.get("config_kwargs") or {})
+        for name, value in (PROBE_CONFIG if probe else CLIENT_CONFIG).items():
+            config.setdefault(name, value)
+        options["config_kwargs"] = config
         return options
+
+    @property
+    def fs(self) -> Any:
+        """The s3fs filesystem, its client connected with :attr:`retries` counting."""
+        fs = Backend.fs.fget(self)
+        client = fs.s3
+        if getattr(self, "_counted", None) is not client:
+            if getattr(self, "_counter", None) is None:
+                self._counter = RetryCounter()
+            client.meta.events.register("needs-retry.s3", self._counter)
+            client.meta.events.register("after-call-error.s3", self._counter.escaped)
+            self._counted = client
+        return fs
+
+    @property
+    def retries(self) -> int:
+        """Requests of this backend's client that failed transiently so far (see
+        :class:`RetryCounter`)."""
+        counter = getattr(self, "_counter", None)
+        return counter.count if counter is not None else 0
 
     def describe(self) -> str:
         endpoint = self.endpoint
@@ -149,17 +246,19 @@ class S3Backend(Backend):
                 sink.write(data)
                 return sink.commit()
         mode = "create" if exclusive else "overwrite"
+        token = uuid.uuid4().hex
+        extra = {"Metadata": {COMMIT_TOKEN: token}} if exclusive else {}
         for attempt in range(4):
             try:
                 # chunksize: s3fs sends one PutObject for anything under 2 x chunksize.
-                self.fs.pipe_file(path, data, mode=mode, chunksize=SINGLE_PUT_LIMIT)
+                self.fs.pipe_file(path, data, mode=mode, chunksize=SINGLE_PUT_LIMIT, **extra)
                 return True
             except FileExistsError:
-                return False
+                return self.is_ours(url, token)  # a retried PUT whose first try landed: ours
             except OSError as exc:
                 code = _error_code(exc)
                 if exclusive and code in ("PreconditionFailed", "412"):
-                    return False
+                    return self.is_ours(url, token)
                 if exclusive and code == "ConditionalRequestConflict" and attempt < 3:
                     # A concurrent conditional write to the key is in flight; AWS asks
                     # for a retry, which then sees the winner's object (412).
@@ -174,6 +273,17 @@ class S3Backend(Backend):
                     ) from None
                 raise
         return False  # pragma: no cover - the loop always returns or raises
+
+    def is_ours(self, url: str, token: str) -> bool:
+        """Whether the object at ``url`` is the one a create-only commit with ``token``
+        made (one ``HeadObject``): after a 412, the commit's first try may have landed
+        with its answer lost."""
+        bucket, _, key = self.strip(url).partition("/")
+        try:
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        return (head.get("Metadata") or {}).get(COMMIT_TOKEN) == token
 
 
 class _S3MultipartSink(AtomicSink):
@@ -195,6 +305,7 @@ class _S3MultipartSink(AtomicSink):
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
         self._upload_id: Optional[str] = None
+        self._token = uuid.uuid4().hex
 
     @property
     def parts(self) -> int:
@@ -226,10 +337,49 @@ class _S3MultipartSink(AtomicSink):
     def _upload(self, body: Any) -> None:
         self._check()
         if self._upload_id is None:
-            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+            before, started = self._backend.retries, time.monotonic()
+            extra = {"Metadata": {COMMIT_TOKEN: self._token}} if self._exclusive else {}
+            self._upload_id = self._call("create_multipart_upload", **extra)["UploadId"]
+            if self._backend.retries != before:  # a try whose answer was lost may have made one
+                self._abort_strays(time.monotonic() - started)
         number = len(self._parts) + 1
         out = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=bytes(body))
         self._parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
+    def _abort_strays(self, seconds: float) -> None:
+        """Abort the uploads of this key that a retried ``CreateMultipartUpload`` made
+        before the one it returned (the answers of their requests were lost): those
+        started at most ``seconds`` (plus a margin) before ours, in the server's clock.
+        Best effort: a failure here leaves them to the bucket's lifecycle rule."""
+        try:
+            listed = self._backend.fs.call_s3("list_multipart_uploads", Bucket=self._bucket, Prefix=self._key)
+            uploads = [u for u in listed.get("Uploads", []) if u.get("Key") == self._key]
+            ours = next((u["Initiated"] for u in uploads if u.get("UploadId") == self._upload_id), None)
+            if ours is None:
+                return
+            for upload in uploads:
+                age = (ours - upload["Initiated"]).total_seconds()
+                if upload["UploadId"] != self._upload_id and -1 <= age <= seconds + 5:
+                    self._abort(upload["UploadId"])
+        except Exception:  # noqa: BLE001 - the write goes on; a stray upload costs storage only
+            pass
+
+    def _abort(self, upload: str) -> bool:
+        """``AbortMultipartUpload``, tried :data:`ABORT_TRIES` times; True once the
+        upload is gone (aborted now or before)."""
+        for n in range(ABORT_TRIES):
+            try:
+                self._backend.fs.call_s3("abort_multipart_upload", Bucket=self._bucket, Key=self._key,
+                                         UploadId=upload)
+                return True
+            except FileNotFoundError:  # already gone (an earlier try's answer was lost)
+                return True
+            except Exception as exc:  # noqa: BLE001 - tried again, then left to the caller
+                if _error_code(exc) in ("NoSuchUpload", "404"):
+                    return True
+                if n + 1 < ABORT_TRIES:
+                    time.sleep(ABORT_PAUSE * 2 ** n)
+        return False
 
     def _commit(self) -> bool:
         if self._upload_id is None:  # smaller than one part: one PutObject, as write_atomic
@@ -244,10 +394,17 @@ class _S3MultipartSink(AtomicSink):
                 self._call("complete_multipart_upload", UploadId=self._upload_id,
                            MultipartUpload={"Parts": self._parts}, **match)
                 return True
-            except FileExistsError:
-                return False
             except OSError as exc:
                 code = _error_code(exc)
+                if self._exclusive and (isinstance(exc, (FileExistsError, FileNotFoundError))
+                                        or code in ("PreconditionFailed", "412", "NoSuchUpload")):
+                    # A retried complete whose first try landed (its answer lost) meets
+                    # its own object: committed.
+                    if self._backend.is_ours(self.url, self._token):
+                        self._upload_id = None  # completed: nothing to abort
+                        return True
+                if isinstance(exc, FileExistsError):
+                    return False
                 if self._exclusive and code in ("PreconditionFailed", "412"):
                     return False
                 if self._exclusive and code == "ConditionalRequestConflict" and attempt < 3:
@@ -276,10 +433,6 @@ class _S3MultipartSink(AtomicSink):
         upload, self._upload_id = self._upload_id, None
         if upload is None:
             return
-        try:
-            self._backend.fs.call_s3("abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=upload)
-        except FileNotFoundError:  # already gone
-            pass
-        except Exception:  # noqa: BLE001 - keep the error that brought us here
+        if not self._abort(upload):  # keep the error that brought us here
             self._upload_id = upload  # a later cleanup tries again
 
