@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distetl.errors import DistetlError
+from distetl.version import __version__
 
 __all__ = ["main"]
 
@@ -27,6 +28,8 @@ def _base_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distetl", description="Resumable chunked Parquet backfills on Dask, orchestrated by Prefect 3.",
     )
+    parser.add_argument("--version", action="version", version=f"distetl {__version__}",
+                        help="print distetl's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run a backfill (missing and failed chunks; stale ones with --stale)"),
                        ("status", "per stage: fresh, stale (and why), missing, failed in the last run"),
@@ -44,7 +47,7 @@ def _base_parser() -> argparse.ArgumentParser:
                        help="time zone of 'today' in relative plan dates such as --start today-7d (default UTC)")
         if name == "status":
             p.add_argument("--explain", metavar="KEY", default=None,
-                           help="say why one chunk is stale (or that it is fresh or missing)")
+                           help="say why one chunk is stale (or that it is fresh or missing): KEY, or STAGE:KEY for one stage")
         if name == "accept":
             p.add_argument("--key", action="append", default=None, metavar="KEY",
                            help="only this chunk (repeatable; default: every code-stale chunk)")
@@ -144,7 +147,7 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     if args.command == "status":
         planned = backfill.status(pipeline, args.output, params, options, stages=args.stage)
         if args.explain:
-            return _explain(planned, args.explain, console)
+            return _explain(planned, args.explain, console, args.stage)
         return _print_status(planned, args, console)
     if args.command == "accept":
         accepted = backfill.accept(pipeline, args.output, params, options, stages=args.stage, keys=args.key)
@@ -243,8 +246,11 @@ def _print_report(report: Any, console: Console) -> None:
     if report.flow_run_id:
         console.print(f"prefect:  flow run {report.flow_run_id} ({report.task_runs_recorded}/{report.task_runs} "
                       f"task runs recorded at {report.prefect_api})")
-        if report.flow_run_url:
-            console.print(f"flow run: {report.flow_run_url}", highlight=False, soft_wrap=True)
+        from distetl.engine.watch import after_run_link
+
+        link = after_run_link(report.prefect_api, report.flow_run_id)
+        if link:
+            console.print(link, highlight=False, soft_wrap=True)
 
 
 def _last_run(planned: Any) -> dict[str, Any]:
@@ -350,10 +356,22 @@ def _print_status(planned: Any, args: argparse.Namespace, console: Console) -> i
 KEYS_LISTED = 10_000
 
 
-def _explain(planned: Any, key: str, console: Console) -> int:
-    """Why one chunk is fresh, stale or missing, in every stage that has it."""
+def _explain(planned: Any, key: str, console: Console, stages: Sequence[str] | None = None) -> int:
+    """Why one chunk is fresh, stale or missing.
+
+    Args:
+        planned: The status plan.
+        key: A chunk key (``date=2024-01-05``), or ``STAGE:KEY`` as ``--explain`` prints it.
+        console: Where the lines go.
+        stages: ``--stage`` names: only these stages (default: every stage that has the key).
+    """
+    names = [p.name for p in planned.stages]
+    head, sep, rest = key.partition(":")
+    if sep and head in names:
+        stages, key = [head], rest
+    shown = [p for p in planned.stages if not stages or p.name in stages]
     found = False
-    for p in planned.stages:
+    for p in shown:
         index = p.chunks.find(key) if hasattr(p.chunks, "find") else next(
             (i for i, c in enumerate(p.chunks) if c.key == key), None)
         if index is None:
@@ -377,9 +395,10 @@ def _explain(planned: Any, key: str, console: Console) -> int:
                           highlight=False, soft_wrap=True)
         console.print(f"  current:  code version {planned.versions.get(p.name)}", highlight=False, soft_wrap=True)
     if not found:
-        keys = [c.key for p in planned.stages for c in p.chunks[:3]]
-        raise DistetlError(f"a chunk key of this pipeline (e.g. {', '.join(keys)})", repr(key),
-                           "pass a key as `distetl status` lists them")
+        keys = [f"{p.name}:{c.key}" for p in shown for c in p.chunks[:2]]
+        where = f"stage {', '.join(p.name for p in shown)}" if stages else "this pipeline"
+        raise DistetlError(f"a chunk key of {where} (e.g. {', '.join(keys)})", repr(key),
+                           "pass a key as `distetl status` lists them, alone or as STAGE:KEY")
     return EXIT_OK
 
 

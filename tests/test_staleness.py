@@ -114,6 +114,15 @@ def test_code_changes_make_exactly_their_stage_and_downstream_stale(tmp_path, fl
     explain = cli("status", str(flow), "--output", str(out), "--explain", "date=2013-01-31")
     text = " ".join(explain.stdout.split() + explain.stderr.split())
     assert "clean:date=2013-01-31: stale (code)" in text and "raw:date=2013-01-31: fresh" in text
+    # The STAGE:KEY form --explain prints, and --stage, explain that stage only.
+    for args in (("--explain", "clean:date=2013-01-31"), ("--stage", "clean", "--explain", "date=2013-01-31")):
+        one = cli("status", str(flow), "--output", str(out), *args)
+        text = " ".join(one.stdout.split() + one.stderr.split())
+        assert one.returncode == 0 and "clean:date=2013-01-31: stale (code)" in text, (args, text)
+        assert "raw:date=2013-01-31" not in text, (args, text)
+    wrong = cli("status", str(flow), "--output", str(out), "--explain", "monthly:date=2013-01-31")
+    assert wrong.returncode == 2 and "a chunk key of stage monthly (e.g. monthly:month=2013-01" in \
+        " ".join(wrong.stderr.split()), wrong.stderr
 
     report, _ = _run(flow, out, "--stale")
     assert _written(report) == {("clean", d) for d in ("date=2013-01-30", "date=2013-01-31", "date=2013-02-01",

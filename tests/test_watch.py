@@ -57,3 +57,19 @@ def test_flow_run_url(monkeypatch):
     assert flow_run_url("http://h:4200/api", None) is None and flow_run_url(None, "abc") is None
     monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.example.com/")
     assert flow_run_url("http://h:4200/api", "abc") == "https://prefect.example.com/runs/flow-run/abc"
+
+
+def test_a_run_on_its_own_prefect_api_ends_pointing_at_distetl_ui(tmp_path, flow_file, monkeypatch):
+    """The run's own embedded API stops with the run, so its flow run page is dead when the
+    run ends: the last line names ``distetl ui`` and the page on its port instead."""
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the session's shared server may have set it
+    flow = flow_file(FLOW)
+    out = tmp_path / "out"
+    proc = cli("run", str(flow), "--output", str(out), "--workers", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    manifest, _ = last_run(out, "watched")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == ("in the UI: run `distetl ui` here (same DISTETL_HOME), then open "
+                    f"http://127.0.0.1:4200/runs/flow-run/{manifest['flow_run_id']}"), proc.stderr
+    assert "\nflow run: http" not in proc.stderr, "no dead link at the end"

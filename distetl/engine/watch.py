@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
-__all__ = ["Watch", "check_performance_report", "dashboard_link", "flow_run_url", "ui_base"]
+__all__ = ["Watch", "check_performance_report", "dashboard_link", "flow_run_url", "ui_base", "after_run_link"]
 
 UI_ENV = "PREFECT_UI_URL"
 
@@ -42,6 +42,22 @@ def flow_run_url(api_url: Optional[str], flow_run_id: Optional[str]) -> Optional
     from distetl.storage import _hide_userinfo
 
     return _hide_userinfo(f"{base}/runs/flow-run/{flow_run_id}")
+
+
+def after_run_link(api_url: Optional[str], flow_run_id: Optional[str]) -> Optional[str]:
+    """The line that shows where a finished run's flow run can be looked at.
+
+    A run's own embedded Prefect API stops with the run, so its flow run page is dead
+    afterwards: the line then says to start ``distetl ui`` (same folder, or the same
+    ``DISTETL_HOME``) and gives the page on its default port.
+    """
+    if not flow_run_id:
+        return None
+    if _embedded(api_url) and not os.environ.get(UI_ENV):
+        return (f"in the UI: run `distetl ui` here (same DISTETL_HOME), then open "
+                f"http://127.0.0.1:4200/runs/flow-run/{flow_run_id}")
+    url = flow_run_url(api_url, flow_run_id)
+    return f"flow run: {url}" if url else None
 
 
 def dashboard_link(client: Any) -> Optional[str]:
