@@ -96,3 +96,24 @@ def test_a_flow_file_that_raises_while_it_loads_exits_2_naming_its_line(tmp_path
     assert f"loading {flow} raised KeyError: 'DISTETL_TEST_UNSET_X' ({flow}:5)" in message
     assert "Traceback" not in failed.stderr and "distetl/engine" not in failed.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_target_field_exits_2_naming_the_stage_and_the_nearest_field(tmp_path, flow_file):
+    flow = flow_file("""
+import pandas as pd
+from distetl import DateRange, Pipeline, Stage
+
+pipeline = Pipeline(name="typo", stages=[
+    Stage("raw", plan=DateRange(start="2024-01-01", end="2024-01-03"),
+          extract=lambda c: pd.DataFrame({"x": [1]}), target="{output}/raw/date={date}/part-0.parquet"),
+    Stage("daily", upstream="raw", transform=lambda df: df,
+          target="{output}/daily/date={dat}/part-0.parquet"),
+])
+""")
+    out = tmp_path / "out"
+    failed = cli("run", str(flow), "--output", str(out), "--runner", "sequential")
+    message = " ".join(failed.stderr.split())
+    assert failed.returncode == 2, failed.stderr
+    assert "stage daily, chunk date=2024-01-01: Expected template fields" in message, message
+    assert "Fix: write {date} (the nearest of those fields) in place of {dat}" in message, message
+    assert not (out / "raw").exists(), "nothing ran"

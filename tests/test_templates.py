@@ -22,7 +22,13 @@ def test_unknown_field_names_the_field_the_chunk_and_the_fix():
         template.render_all(chunks, "/out")
     text = str(err.value)
     assert "{day_of_year}" in text and "date=2013-01-01" in text
-    assert "date" in text and "Fix: use one of those fields" in text
+    assert "date" in text and "Fix: write {year} (the nearest of those fields) in place of {day_of_year}" in text
+    with pytest.raises(PlanError) as err:
+        TargetTemplate("{output}/t/{zzz}.parquet").render_all(chunks, "/out")
+    assert "Fix: use one of those fields in place of {zzz}, or add 'zzz'" in str(err.value)
+    with pytest.raises(PlanError) as err:
+        TargetTemplate("{output}/t/date={dat}.parquet").render_all(chunks, "/out")
+    assert "Fix: write {date} (the nearest" in str(err.value)
 
 
 @pytest.mark.parametrize("value", ["a/b", "..", "", "x\\y"])

@@ -223,8 +223,8 @@ def plan(
             else:
                 chunks = derived_chunks(stage, plans)
             inputs = resolve_links(stage, chunks, plans, keys_of)
-        paths, committed = targets.plan(chunks)
-        check_schema(targets.template, stage.schema, chunks, paths, targets.output)
+            paths, committed = targets.plan(chunks)
+            check_schema(targets.template, stage.schema, chunks, paths, targets.output)
         plans[name] = StagePlan(stage, chunks, paths, committed, inputs, targets,
                                 sources=source_stamps(stage, storage_options))
     ordered = list(plans.values())

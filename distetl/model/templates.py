@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import string
 from typing import Any, Iterable
 
@@ -55,12 +56,14 @@ class TargetTemplate:
         values = chunk.template_fields()
         for name in self.chunk_fields:
             if name not in values:
+                near = difflib.get_close_matches(name, [*values, "output"], n=1, cutoff=0.5)
+                use = (f"write {{{near[0]}}} (the nearest of those fields) in place of {{{name}}}, or another "
+                       "of them" if near else f"use one of those fields in place of {{{name}}}")
                 raise PlanError(
                     f"template fields that chunk {chunk.key!r} has "
                     f"({', '.join(sorted(values))}, output)",
                     f"{{{name}}} in target {self.template!r}",
-                    f"use one of those fields in place of {{{name}}}, or add {name!r} "
-                    "to the plan's chunks",
+                    f"{use}, or add {name!r} to the plan's chunks",
                     where=f"chunk {chunk.key}",
                 )
             text = str(values[name])
