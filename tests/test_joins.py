@@ -283,3 +283,33 @@ def test_all_chunks_reads_every_upstream_chunk_and_gives_no_chunks_of_its_own():
     with pytest.raises(ConfigError, match="AllChunks"):
         AllChunks().downstream_chunks(up)
     assert Identity() != AllChunks()
+
+
+def test_upstream_chunks_no_reader_needs_are_counted_not_needed_not_skipped(tmp_path, prefect_api):
+    """A reader over 3 days of a 10-day upstream: the upstream's other 7 chunks are
+    neither committed nor run. The table says "not needed", and "skipped" counts only
+    committed chunks (on the rerun)."""
+    from distetl import DateRange, FromFunction
+    from distetl.engine.progress import summary_table
+
+    pipeline = Pipeline(name="needs", stages=[
+        Stage("raw", plan=DateRange(start="2024-01-01", end="2024-01-10"),
+              extract=lambda c: pd.DataFrame({"x": [1]}), target="{output}/raw/date={date}/part-0.parquet"),
+        Stage("pick", plan=DateRange(start="2024-01-03", end="2024-01-05"),
+              inputs={"raw": Input("raw", FromFunction(lambda c: [f"date={c['date']}"]))},
+              extract=lambda c, ctx: ctx.read_inputs("raw"), target="{output}/pick/date={date}/part-0.parquet"),
+    ])
+    out = str(tmp_path / "out")
+    first = distetl.run(pipeline, out, runner="sequential", progress=False)
+    rows = {s["name"]: s for s in first.stage_summary()}
+    assert (rows["raw"]["written"], rows["raw"]["skipped"], rows["raw"]["not_needed"]) == (3, 0, 7), rows
+    assert (rows["pick"]["written"], rows["pick"]["not_needed"]) == (3, 0), rows
+    again = distetl.run(pipeline, out, runner="sequential", progress=False)
+    rows = {s["name"]: s for s in again.stage_summary()}
+    assert (rows["raw"]["written"], rows["raw"]["skipped"], rows["raw"]["not_needed"]) == (0, 3, 7), rows
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(summary_table(again))
+    text = console.export_text()
+    assert "not needed" in text and text.count(" 7 ") >= 2, text  # raw and all

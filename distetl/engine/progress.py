@@ -112,11 +112,11 @@ def summary_table(report: RunReport) -> Table:
     if len(summary) > 1:
         rows.append({"name": "all", "total": report.total, "written": report.written, "skipped": report.skipped,
                      "failed": report.failed_count, "blocked": report.blocked_count, "not_run": report.not_run,
-                     "rows": report.rows, **{k: sum(row[k] for row in summary) for k in ("check_failed", "warned")}})
+                     "not_needed": sum(row["not_needed"] for row in summary), "rows": report.rows, **{k: sum(row[k] for row in summary) for k in ("check_failed", "warned")}})
     # "blocked" and "not run" only when some chunk was: a plain run's table fits 80 columns.
     # The same for the chunks that failed a data check or committed with a warning.
     columns = ["total", "written", "skipped", "failed"] + [
-        name for name in ("check_failed", "warned", "blocked", "not_run") if any(row[name] for row in rows)] + ["rows"]
+        name for name in ("check_failed", "warned", "blocked", "not_run", "not_needed") if any(row[name] for row in rows)] + ["rows"]
     table.add_column("stage", justify="left", no_wrap=True)
     for name in columns:
         table.add_column(name.replace("_", " "), justify="right")

@@ -82,6 +82,16 @@ class Source:
         if not isinstance(self.url, str) or not self.url:
             raise ConfigError("a source path, URL or glob", repr(self.url),
                               "write sources={'rates': 's3://bucket/rates.csv'}")
+        field = re.search(r"\{[A-Za-z_]\w*\}", self.url)
+        if field:
+            raise ConfigError(
+                "a fixed source path, URL or glob (a declared source is one set of files for the whole stage; "
+                "its path takes no chunk fields)", f"{field.group(0)} in {self.url!r}",
+                "for one file per chunk, make the files a stage of their own with a FileList plan "
+                "(Stage('readings', plan=FileList(pattern='raw/*.csv'), ...)) and read each chunk's file through "
+                "an input: inputs={'readings': Input('readings', FromFunction(lambda c: [f\"file={c['date']}.csv\"]))} "
+                "(see 'One raw file per day' in the mappings reference)",
+                where=f"source {self.name or self.url!r}")
         if self.name is None:
             base = self.url.rstrip("/").rsplit("/", 1)[-1] or self.url
             object.__setattr__(self, "name", base)

@@ -135,19 +135,23 @@ class RunReport:
         return self.ledger.count(BLOCKED)
 
     def stage_summary(self) -> list[dict[str, Any]]:
-        """Per stage: total, written, skipped, failed, blocked, not run, rows, and the
-        chunks that failed a data check (counted in failed too) or committed with a
-        warning-level one (``check_failed``, ``warned``)."""
+        """Per stage: total, written, skipped (committed already), failed, blocked, not
+        run, not needed (missing, and needed by no chunk this run does: an upstream
+        stage's chunks outside the range its readers ran), rows, and the chunks that
+        failed a data check (counted in failed too) or committed with a warning-level one
+        (``check_failed``, ``warned``)."""
         out = []
         for counts in self.stages or [{"name": self.pipeline, "total": self.total, "to_run": self.to_run}]:
             ran = dict(self.ledger.counts.get(counts["name"]) or {})
             if counts["name"] == self.pipeline:  # results without a stage are the pipeline's
                 for name, value in (self.ledger.counts.get("") or {}).items():
                     ran[name] = ran.get(name, 0) + value
+            left = counts["total"] - counts["to_run"]  # not run: committed, or not needed
+            kept = counts.get("committed", left) - counts.get("committed_to_run", 0)
             out.append({
                 "name": counts["name"], "total": counts["total"], "written": ran.get(WRITTEN, 0),
-                "skipped": counts["total"] - counts["to_run"] + ran.get(SKIPPED, 0), "failed": ran.get(FAILED, 0),
-                "blocked": ran.get(BLOCKED, 0), "not_run": ran.get(NOT_RUN, 0),
+                "skipped": kept + ran.get(SKIPPED, 0), "failed": ran.get(FAILED, 0),
+                "blocked": ran.get(BLOCKED, 0), "not_run": ran.get(NOT_RUN, 0), "not_needed": left - kept,
                 "rows": ran.get("rows", 0), "check_failed": ran.get("check_failed", 0),
                 "warned": ran.get("warned", 0),
             })
