@@ -226,3 +226,15 @@ def test_streamed_chunk_under_faults_commits_whole_once_or_fails_with_its_upload
     assert result.status == FAILED and result.error == "ValueError: source broke on piece 4"
     assert s3.keys(bucket, "broken/") == {}
     assert _open_uploads_of(s3, bucket) == []
+
+
+def test_client_retries_default_to_standard_mode_and_a_given_setting_keeps_the_rest():
+    from distetl.storage import parse_storage_options
+    from distetl.storage.s3 import CLIENT_CONFIG
+
+    plain = Storage.for_url("s3://b/x", {"endpoint_url": "http://127.0.0.1:1"})._backend._fs_options()
+    assert plain["config_kwargs"] == CLIENT_CONFIG
+    given = parse_storage_options(["config_kwargs.retries.max_attempts=12", "config_kwargs.read_timeout=5",
+                                   "endpoint_url=http://127.0.0.1:1"])
+    config = Storage.for_url("s3://b/x", given)._backend._fs_options()["config_kwargs"]
+    assert config == {"retries": {"max_attempts": 12, "mode": "standard"}, "read_timeout": 5, "connect_timeout": 10}

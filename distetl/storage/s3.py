@@ -144,7 +144,10 @@ class S3Backend(Backend):
             options["profile"] = os.environ["AWS_PROFILE"]
         config = dict(options.get("config_kwargs") or {})
         for name, value in (PROBE_CONFIG if probe else CLIENT_CONFIG).items():
-            config.setdefault(name, value)
+            if isinstance(value, dict) and isinstance(config.get(name), dict):
+                config[name] = {**value, **config[name]}  # retries.max_attempts=12 keeps the mode
+            else:
+                config.setdefault(name, value)
         options["config_kwargs"] = config
         return options
 
