@@ -74,6 +74,10 @@ _TRANSIENT_CODES = frozenset({
 #: The object metadata key of a create-only commit's token (``x-amz-meta-distetl-commit``).
 COMMIT_TOKEN = "distetl-commit"
 
+#: Tries of the ``HeadObject`` that tells a create-only commit's own object (an answer
+#: without its headers is asked again).
+HEAD_TRIES = 4
+
 #: Tries of an ``AbortMultipartUpload`` (each itself retried by botocore) and the pause
 #: before the first retry (doubling).
 ABORT_TRIES = 4
@@ -282,10 +286,19 @@ class S3Backend(Backend):
         made (one ``HeadObject``): after a 412, the commit's first try may have landed
         with its answer lost."""
         bucket, _, key = self.strip(url).partition("/")
-        try:
-            head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
-        except FileNotFoundError:
-            return False
+        for _ in range(HEAD_TRIES):
+            try:
+                head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return False
+            if head.get("ETag"):
+                break
+            # An answer cut off after its status line parses as a 200 without headers (no
+            # ETag, no metadata): it says nothing of whose object this is. Ask again.
+            counter = getattr(self, "_counter", None)
+            if counter is not None:
+                with counter._lock:
+                    counter.count += 1
         return (head.get("Metadata") or {}).get(COMMIT_TOKEN) == token
 
 
