@@ -228,10 +228,19 @@ def test_streamed_chunk_under_faults_commits_whole_once_or_fails_with_its_upload
     assert _open_uploads_of(s3, bucket) == []
 
 
-def test_client_retries_default_to_standard_mode_and_a_given_setting_keeps_the_rest():
+def test_client_retries_default_to_standard_mode_and_a_given_setting_keeps_the_rest(s3, bucket):
+    import copy
+
     from distetl.storage import parse_storage_options
     from distetl.storage.s3 import CLIENT_CONFIG
 
+    defaults = copy.deepcopy(CLIENT_CONFIG)
+    # A client made from the options (botocore writes into the retries dict it is given)
+    # leaves the defaults as they were.
+    for options in ({"endpoint_url": s3.endpoint}, parse_storage_options(
+            [f"endpoint_url={s3.endpoint}", "config_kwargs.retries.max_attempts=12"])):
+        Storage.for_url(f"s3://{bucket}/x", options).fs.ls(bucket)
+    assert CLIENT_CONFIG == defaults, CLIENT_CONFIG
     plain = Storage.for_url("s3://b/x", {"endpoint_url": "http://127.0.0.1:1"})._backend._fs_options()
     assert plain["config_kwargs"] == CLIENT_CONFIG
     given = parse_storage_options(["config_kwargs.retries.max_attempts=12", "config_kwargs.read_timeout=5",

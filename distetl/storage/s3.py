@@ -33,6 +33,7 @@ itself: the driver and every worker; explicit storage options travel with the ta
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -148,10 +149,14 @@ class S3Backend(Backend):
             options["profile"] = os.environ["AWS_PROFILE"]
         config = dict(options.get("config_kwargs") or {})
         for name, value in (PROBE_CONFIG if probe else CLIENT_CONFIG).items():
+            # Copies: botocore writes into the retries dict it is given (total_max_attempts),
+            # which must not reach the module's defaults or the caller's options.
             if isinstance(value, dict) and isinstance(config.get(name), dict):
-                config[name] = {**value, **config[name]}  # retries.max_attempts=12 keeps the mode
+                config[name] = {**copy.deepcopy(value), **config[name]}  # retries.max_attempts=12 keeps the mode
+            elif name in config:
+                config[name] = copy.deepcopy(config[name])
             else:
-                config.setdefault(name, value)
+                config[name] = copy.deepcopy(value)
         options["config_kwargs"] = config
         return options
 
