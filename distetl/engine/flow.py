@@ -520,7 +520,13 @@ def _backfill(run_key: str) -> Any:
         run.client = None
         _LOCAL_LISTENERS.pop(topic, None)
         if client is not None:
-            client.unsubscribe_topic(topic)
+            try:
+                client.unsubscribe_topic(topic)
+            except Exception:  # noqa: BLE001 - a client closed with its lost scheduler
+                # (ClosedClientError): raising here would replace the run's own outcome
+                # (the flow run's Failed message naming the lost scheduler) with this.
+                if client.status not in _CLIENT_LOST:
+                    raise
     return _final_state(run)
 
 
