@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import collections
 import time
-import uuid
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 import distetl
 from distetl.engine.loader import load_pipeline
@@ -27,7 +25,8 @@ from distetl.state.records import read_record
 from distetl.storage import Storage
 
 from fault_proxy import FaultProxy
-from s3_server import S3Server, isolate_aws_env
+from s3_server import S3Server
+from test_s3 import aws_env, bucket, s3  # noqa: F401 - the moto server, a fresh bucket, isolated AWS settings
 
 IDS_FLOW = """
 import pandas as pd
@@ -51,25 +50,6 @@ pipeline = Pipeline(
 
 #: The client's read timeout in these tests (a ``slow`` answer is held past it).
 READ_TIMEOUT = 2.0
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    isolate_aws_env(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def bucket(s3):
-    name = f"distetl-faults-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(name)
-    return name
 
 
 def fault_options(proxy: FaultProxy, **extra) -> dict:
