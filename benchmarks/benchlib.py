@@ -482,12 +482,15 @@ def run_distetl(w: Workload, exclude: Sequence[int] = (), output: Optional[str] 
     return _distetl(w, variant, "local", exclude, output=output, workers=WORKERS, **kwargs)
 
 
-def run_raw_dask(w: Workload, exclude: Sequence[int] = ()) -> Measurement:
-    """``Client.map`` of the per-chunk function, one task per chunk."""
+def run_raw_dask(w: Workload, exclude: Sequence[int] = (), limit: Optional[int] = None) -> Measurement:
+    """``Client.map`` of the per-chunk function, one task per chunk (the first ``limit``
+    chunks, ``sample_of`` saying of how many, where all would take too long)."""
     from distributed import Client, LocalCluster
 
     output = w.output("raw_dask")
     items = w.todo(output)
+    total = len(items)
+    items = items[:limit] if limit else items
 
     def body() -> Measurement:
         start = time.perf_counter()
@@ -496,7 +499,8 @@ def run_raw_dask(w: Workload, exclude: Sequence[int] = ()) -> Measurement:
             futures = client.map(func, items, pure=False)
             results = client.gather(futures)
             del futures
-        m = Measurement(w.name, "raw_dask", len(items), time.perf_counter() - start)
+        m = Measurement(w.name, "raw_dask", len(items), time.perf_counter() - start,
+                        sample_of=total if len(items) < total else None)
         return _from_results(m, results)
 
     return _measure(exclude, body)
@@ -630,7 +634,7 @@ def run_variant(w: Workload, spec: Mapping[str, Any]) -> Measurement:
             extra["dry_run"] = True
         m, _ = run_distetl(w, output=spec.get("output"), **extra)
     elif variant == "raw_dask":
-        m = run_raw_dask(w)
+        m = run_raw_dask(w, limit=spec.get("limit"))
     elif variant == "naive_prefect":
         m = run_naive_prefect(w, limit=spec.get("limit"))
     elif variant == "dask_dataframe":

@@ -11,7 +11,7 @@ fresh process:
   each stage;
 * ``luigi``: one Luigi task per chunk, ``local_scheduler=True``, 2 workers,
   ``LocalTarget`` outputs (:mod:`luigi_stages`); in quick mode on the graph of the
-  first ``Sizes.stage_luigi_days`` days (700: 2,124 chunks) only, a sample: Luigi's
+  first ``Sizes.stage_luigi_days`` days (350: 1,063 chunks) only, a sample: Luigi's
   scheduler sorts every pending task on each request for work, so its cost per task
   grows with the graph and its throughput on the sample is higher than on the whole
   graph (the check against it is the stricter for it); full mode runs it on the whole

@@ -31,6 +31,11 @@ class Sizes:
         mode: ``quick`` or ``full``.
         tpch_sf: TPC-H scale factor of the CPU-bound workload.
         tpch_parts: Parts (= chunks) of the CPU-bound workload.
+        tpch_extras: Variants of the CPU-bound workload reported beside the three its
+            checks compare and naive Prefect: full mode adds the plain ``loop`` and
+            ``dask_dataframe`` (~35 s on 2 cores in quick mode, no check reads them).
+        tpch_naive_sample: Parts naive Prefect runs of those (0: all); quick mode 4
+            of the 16 (its time per part is what the report compares).
         tiny_chunks: Chunks of the many-small-chunks workload.
         naive_tiny_sample: Chunks the naive Prefect variant runs of those.
         dd_tiny_sample: Chunks dask.dataframe runs of those (0: all). Sampled in both
@@ -45,12 +50,20 @@ class Sizes:
             Luigi's scheduler sorts every pending task on each request for work, so its
             cost per task grows with the graph.
         stage_luigi_days: Days of the graph the Luigi variant of ``stages`` runs (0:
-            the whole graph). Quick mode runs the first 700 days' graph (2,124 chunks),
+            the whole graph). Quick mode runs the first 350 days' graph (1,063 chunks),
             a sample on which Luigi's throughput is higher than on the whole graph.
+        chain_luigi2_links: Links of the chain the 2-worker Luigi variant of ``chain``
+            runs (0: the whole chain of 1,000). A figure, no check: Luigi forks a
+            process per task, ~32 s for 1,000 links on 2 cores; quick mode runs 300.
         scale_dry_chunks: Chunks of the ``scale`` workload's dry run (plan only).
         scale_run_chunks: Tiny-chunk run sizes of the ``scale`` workload whose driver
             peak, run records and Prefect database growth are compared; the last one
             also runs on raw Dask, for distetl's time per chunk against raw Dask's.
+        scale_raw_sample: Chunks of the ``scale`` workload's largest run that raw Dask
+            runs (the first ones; 0: all), for its time per chunk. Quick mode runs
+            10,000 of the 100,000 (~22 s instead of ~230 s on 2 cores). Raw Dask's time
+            per chunk is no higher on the smaller graph (measured: 2.13 ms at 10,000,
+            2.18 at 20,000, 2.25 at 100,000), so the sample does not ease the check.
         scale_big_run_chunks: Chunks of the ``scale`` workload's largest run and of the
             rerun over its committed files (0: none; full mode only).
         check_chunks: Chunks of 1,000,000 rows of each stage of the ``checks``
@@ -73,19 +86,23 @@ class Sizes:
     naive_nyc_sample: int
     s3_rerun_chunks: int
     stage_days: int = 2_000
+    tpch_extras: tuple[str, ...] = ("loop", "dask_dataframe")
+    tpch_naive_sample: int = 0
     stage_luigi_days: int = 0
+    chain_luigi2_links: int = 0
     scale_dry_chunks: int = 1_000_000
     scale_run_chunks: tuple[int, ...] = (10_000, 100_000)
     scale_big_run_chunks: int = 0
+    scale_raw_sample: int = 0
     big_chunk_pieces: int = 40
     big_chunk_piece_rows: int = 419_430
     check_chunks: int = 20
 
 
-QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tiny_chunks=2_000, naive_tiny_sample=40,
+QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tpch_extras=(), tpch_naive_sample=4, tiny_chunks=2_000, naive_tiny_sample=40,
               dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
-              stage_days=2_000, stage_luigi_days=700, scale_dry_chunks=1_000_000,
-              scale_run_chunks=(10_000, 100_000), scale_big_run_chunks=0,
+              stage_days=2_000, stage_luigi_days=350, chain_luigi2_links=300, scale_dry_chunks=1_000_000,
+              scale_run_chunks=(10_000, 100_000), scale_big_run_chunks=0, scale_raw_sample=10_000,
               big_chunk_pieces=40, big_chunk_piece_rows=419_430)
 FULL = Sizes(mode="full", tpch_sf=10.0, tpch_parts=160, tiny_chunks=20_000, naive_tiny_sample=500,
              dd_tiny_sample=2_000, resume_chunks=50_000, naive_nyc_sample=365, s3_rerun_chunks=5_000,
