@@ -3,7 +3,7 @@
 Checks: distetl on 2 workers ≥ 1.6× the sequential baseline, and ≥ 0.9× raw Dask's
 throughput, on the same chunks, with the cluster up (see ``benchlib``). Naive Prefect
 is reported beside them (quick mode: on 4 of the 16 parts); full mode also reports a
-plain loop and dask.dataframe (``Sizes.tpch_extras``).
+plain loop and dask.dataframe (``Sizes.extra_variants``).
 
 Noise: on a 2-core machine anything else running takes cores the parallel variants
 need, and one run of a variant varies by ±5 % even on a quiet machine. The three
@@ -56,7 +56,7 @@ def test_cpu_bound_tpch(bench, sizes, bench_root, prefect_server):
     bench.figure(name, "scale_factor", sizes.tpch_sf)
 
     runs = {}
-    extras = tuple(v for v in ("loop", "dask_dataframe") if v in sizes.tpch_extras)
+    extras = tuple(v for v in ("loop", "dask_dataframe") if v in sizes.extra_variants)
     for variant in (*extras[:1], *COMPARED, "naive_prefect", *extras[1:]):
         limit = sizes.tpch_naive_sample if variant == "naive_prefect" and sizes.tpch_naive_sample else None
         runs[variant] = measure(spec, variant, limit=limit) if limit else measure(spec, variant)

@@ -31,9 +31,10 @@ class Sizes:
         mode: ``quick`` or ``full``.
         tpch_sf: TPC-H scale factor of the CPU-bound workload.
         tpch_parts: Parts (= chunks) of the CPU-bound workload.
-        tpch_extras: Variants of the CPU-bound workload reported beside the three its
-            checks compare and naive Prefect: full mode adds the plain ``loop`` and
-            ``dask_dataframe`` (~35 s on 2 cores in quick mode, no check reads them).
+        extra_variants: Variants the CPU-bound and nycflights workloads report beside
+            the ones their checks and figures compare (sequential, distetl, raw Dask,
+            naive Prefect): full mode adds the plain ``loop`` and ``dask_dataframe``
+            (~55 s on 2 cores in quick mode; no check reads them).
         tpch_naive_sample: Parts naive Prefect runs of those (0: all); quick mode 4
             of the 16 (its time per part is what the report compares).
         tiny_chunks: Chunks of the many-small-chunks workload.
@@ -86,7 +87,7 @@ class Sizes:
     naive_nyc_sample: int
     s3_rerun_chunks: int
     stage_days: int = 2_000
-    tpch_extras: tuple[str, ...] = ("loop", "dask_dataframe")
+    extra_variants: tuple[str, ...] = ("loop", "dask_dataframe")
     tpch_naive_sample: int = 0
     stage_luigi_days: int = 0
     chain_luigi2_links: int = 0
@@ -99,8 +100,8 @@ class Sizes:
     check_chunks: int = 20
 
 
-QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, tpch_extras=(), tpch_naive_sample=4, tiny_chunks=2_000, naive_tiny_sample=40,
-              dd_tiny_sample=300, resume_chunks=10_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
+QUICK = Sizes(mode="quick", tpch_sf=1.0, tpch_parts=16, extra_variants=(), tpch_naive_sample=4, tiny_chunks=2_000, naive_tiny_sample=40,
+              dd_tiny_sample=300, resume_chunks=5_000, naive_nyc_sample=20, s3_rerun_chunks=1_000,
               stage_days=2_000, stage_luigi_days=350, chain_luigi2_links=300, scale_dry_chunks=1_000_000,
               scale_run_chunks=(10_000, 100_000), scale_big_run_chunks=0, scale_raw_sample=10_000,
               big_chunk_pieces=40, big_chunk_piece_rows=419_430)
