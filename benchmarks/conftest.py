@@ -1,6 +1,6 @@
 """Benchmark session: one Prefect API server, the mode's sizes, and the final report.
 
-``pytest benchmarks/`` runs the quick mode (a few minutes on 2 cores);
+``pytest benchmarks/`` runs the quick mode (~11 minutes on 2 cores);
 ``pytest benchmarks/ --bench-full`` (or ``DISTETL_BENCH=full``) the full sizes. At the
 end of the session the results are printed as a table and saved under
 ``benchmarks/results/`` (``latest.json``, ``latest.png``, a time-stamped JSON).
