@@ -6,7 +6,8 @@ process, timed by the caller from just before it starts to its exit, as a user s
 
 * ``distetl run FLOW --output OUT`` (``python -m distetl.cli``), no ``PREFECT_API_URL``,
   ``DISTETL_HOME`` warm (its embedded Prefect database made by an earlier run): the run
-  starts its own Prefect server and a local Dask cluster, runs one flow run, stops both;
+  starts its own Prefect server (launched as the command starts, before the flow file
+  loads) and a local Dask cluster, runs one flow run, stops both;
 * ``luigi --module fixed_cost_task OneChunk --root OUT --local-scheduler``
   (``python -m luigi``): Luigi's scheduler in the process, one worker, one task.
 
@@ -178,8 +179,15 @@ def _instrument() -> list[tuple[str, float, float]]:
 def phases_main(argv: list[str]) -> int:
     """``distetl run FLOW --output OUT`` with its phases timed; prints them as JSON."""
     from distetl import cli
+    from distetl.engine.prefect_api import launch_early
 
+    # The command launches its Prefect server before it imports what the run needs (the
+    # modules wrapped below): the same here, then the run takes that server.
+    launching = time.monotonic()
+    launch_early()
+    launch = ("Prefect server launch", launching, time.monotonic())
     spans = _instrument()
+    spans.append(launch)
     entered = time.monotonic()
     code = cli.main(["run", argv[0], "--output", argv[1]])
     done = time.monotonic()
@@ -187,6 +195,7 @@ def phases_main(argv: list[str]) -> int:
         stream.flush()
     print(_MARK + json.dumps({"process_t0": _T0, "main": entered, "done": done, "code": code,
                               "spans": spans}), flush=True)
+    cli.leave(["run"], code)  # as the command leaves (its exit handlers, then os._exit)
     return code
 
 
@@ -214,7 +223,10 @@ def phase_breakdown(stdout: str, started: float, ended: float) -> dict[str, floa
     data = json.loads(line[len(_MARK):])
     spans = data["spans"]
     run = _one(spans, "run")
-    server_start, server_stop = _one(spans, "Prefect server start"), _one(spans, "Prefect server stop")
+    # The server is launched as the command starts (before the flow file loads) and
+    # waited for by the run: its start is launch -> answering.
+    launched, answered = _one(spans, "Prefect server launch"), _one(spans, "Prefect server start")
+    server_start, server_stop = (launched[0], answered[1]), _one(spans, "Prefect server stop")
     cluster_start, cluster_close = _one(spans, "local cluster start"), _one(spans, "local cluster close")
     flow_run = _one(spans, "flow run")
     d = {name: e - s for name, s, e in spans if name not in ("index", "manifest")}
@@ -223,7 +235,10 @@ def phase_breakdown(stdout: str, started: float, ended: float) -> dict[str, floa
     # The cluster starts in a thread beside the server (distetl.engine.runners.EarlyCluster),
     # before the flow run; where it starts inside the flow run (Prefect's task runner),
     # its start and close are taken out of the flow run's time.
-    starting = [server_start, cluster_start]
+    # What the run waits for once planned and checked: the starts, clipped to after the
+    # earlier phases they overlap (the server was launched before them).
+    ready = _one(spans, "pre-flight check")[1]
+    starting = [(max(s, ready), e) for s, e in (server_start, cluster_start) if e > ready]
     out = {
         "interpreter start and imports": data["main"] - started,
         "command line and flow file": run[0] - data["main"],
@@ -237,10 +252,10 @@ def phase_breakdown(stdout: str, started: float, ended: float) -> dict[str, floa
         "index and manifest": sum(e - s for n, s, e in spans if n in ("index", "manifest")),
     }
     timed = [tuple(s[1:]) for s in spans if s[0] != "run"]
-    out["rest of the run (lease, report)"] = (run[1] - run[0]) - _covered(timed)
+    out["rest of the run (lease, report)"] = (run[1] - run[0]) - _overlap(run, timed)
     out["summary and output"] = data["done"] - run[1]
     out["interpreter exit"] = ended - data["done"]
-    out["of which: Prefect server start alone"] = d["Prefect server start"]
+    out["of which: Prefect server start alone"] = server_start[1] - server_start[0]
     out["of which: local cluster start alone"] = d["local cluster start"]
     for name, value in out.items():
         non_negative(value, f"the phase {name!r} of the one-chunk run, s")

@@ -6,11 +6,13 @@ Exit codes: 0 every chunk committed, 1 some chunk failed, 2 usage or configurati
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import itertools
 import json
 import os
 import sys
+import threading
 from typing import Any, Sequence
 
 from rich.console import Console
@@ -137,6 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
+    if args.command != "run" or args.dry_run:
+        return _commands(args, extra, console)
+    from distetl.engine.prefect_api import launch_early, stop_early
+
+    # The run's Prefect server starts while the flow file loads and the run imports what
+    # it needs; one no run takes (nothing to run, bad input) is stopped here.
+    launch_early()
+    try:
+        return _commands(args, extra, console)
+    finally:
+        stop_early()
+
+
+def _commands(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
+    """``run``, ``status`` and ``accept`` once the flow file is loaded."""
     from distetl.engine import backfill
     from distetl.engine.loader import load_pipeline, plan_params
     from distetl.storage import parse_storage_options
@@ -414,6 +431,8 @@ def console_main() -> None:
     start nothing that needs the interpreter's teardown, and that teardown can abort a
     process whose work is done when a native Arrow thread is still joinable
     ("terminate called without an active exception", exit 134; apache/arrow#34314).
+    ``run`` does the same after the exit handlers (``atexit``) have run, when no
+    non-daemon thread is left: that saves ~0.35 s of a one-chunk run's ~5 s.
     """
     argv = sys.argv[1:]
     try:
@@ -422,12 +441,36 @@ def console_main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os._exit(128 + 13)  # SIGPIPE's conventional exit status
+    leave(argv, code)
+
+
+def leave(argv: Sequence[str], code: int) -> None:
+    """End the process after the command ``argv`` returned ``code``, as the ``distetl``
+    command does (see :func:`console_main`)."""
     if argv[:1] and argv[0] in _READ_ONLY:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`)
-                stream.flush()
+        _flush()
+        os._exit(code)
+    if argv[:1] == ["run"] and threading.active_count() == 1 + _daemon_threads():
+        # The run is over: its report printed, its records written, its cluster and
+        # server stopped. Run the exit handlers (logging's flush, Prefect's and Dask's
+        # own), then leave without the interpreter's teardown: ~0.35 s of freeing
+        # modules on 2 cores, and the Arrow abort above. Only with no other
+        # non-daemon thread left, whose work the teardown would wait for.
+        _flush()
+        atexit._run_exitfuncs()
+        _flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _daemon_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.daemon)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`)
+            stream.flush()
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from distetl.engine.servers import registered, running_ui
+from distetl.engine.servers import live_servers, registered, running_ui
 from distetl.errors import ConfigError
 from distetl.state.results import PHASES, describe_warnings
 
-__all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer",
-           "mark_crashed"]
+__all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer", "launch_early",
+           "stop_early", "mark_crashed"]
 
 #: Prefect server services a per-run server does without: they serve deployments,
 #: schedules, work pools, pauses, concurrency leases and automations, none of which a
@@ -105,11 +105,32 @@ class EmbeddedServer:
         return f"http://{self.connect_host}:{self.port}/api"
 
     def start(self, timeout: float = 90.0) -> str:
-        """Start the server and wait until it answers. Returns the API URL.
+        """Start the server (unless :meth:`launch` did) and wait until it answers.
+        Returns the API URL.
 
         Raises:
             ConfigError: If the server does not come up in ``timeout`` seconds.
         """
+        if self.process is None:
+            self.launch()
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if api_healthy(self.url, timeout=1.0):
+                return self.url
+            time.sleep(0.1)
+        self.stop()
+        tail = (self.home / "server.log").read_text(errors="replace")[-1500:]
+        raise ConfigError(
+            f"the embedded Prefect API to answer at {self.url} within {timeout:.0f}s",
+            f"no answer; server log tail:\n{tail}",
+            "check the log above, or start `prefect server start` yourself and set PREFECT_API_URL",
+        )
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it to answer (:meth:`start` waits)."""
         self.home.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.pop("PREFECT_API_URL", None)
@@ -136,20 +157,6 @@ class EmbeddedServer:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if api_healthy(self.url, timeout=1.0):
-                return self.url
-            time.sleep(0.1)
-        self.stop()
-        tail = (self.home / "server.log").read_text(errors="replace")[-1500:]
-        raise ConfigError(
-            f"the embedded Prefect API to answer at {self.url} within {timeout:.0f}s",
-            f"no answer; server log tail:\n{tail}",
-            "check the log above, or start `prefect server start` yourself and set PREFECT_API_URL",
-        )
 
     def stop(self) -> None:
         """Stop the server process."""
@@ -163,6 +170,36 @@ class EmbeddedServer:
         if self.process is not None and self.process.stdin is not None:
             self.process.stdin.close()
         self.process = None
+
+
+#: Servers launched ahead of their run by :func:`launch_early`, by database folder.
+_EARLY: dict[Path, EmbeddedServer] = {}
+
+
+def launch_early(home: Path | None = None) -> bool:
+    """Launch the embedded server a later :func:`prefect_api` block will use, without
+    waiting for it, so it starts while the caller loads the flow file and imports
+    (``distetl run``: its ~3 s start then overlaps ~0.7 s of the run's own start).
+
+    Nothing is launched when ``PREFECT_API_URL`` is set or a ``distetl ui`` is recorded
+    on the database (the run reports there). Returns whether a server was launched;
+    :func:`stop_early` stops one no run used.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    database = (home or state_home()) / "prefect"
+    if database in _EARLY or any(r.get("role") == "ui" for r in live_servers(database)):
+        return False
+    server = EmbeddedServer(database)
+    server.launch()
+    _EARLY[database] = server
+    return True
+
+
+def stop_early() -> None:
+    """Stop the servers :func:`launch_early` started that no run took."""
+    while _EARLY:
+        _EARLY.popitem()[1].stop()
 
 
 @contextlib.contextmanager
@@ -195,9 +232,12 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
         url = given
     else:
         database = (home or state_home()) / "prefect"
+        early = _EARLY.pop(database, None)  # launched ahead by launch_early
         url = running_ui(database) or ""  # a live `distetl ui` on this database: report there
+        if url and early is not None:
+            early.stop()
         if not url:
-            server = EmbeddedServer(database)
+            server = early or EmbeddedServer(database)
             registration.enter_context(registered(database, server.url, "run"))
             try:
                 url = server.start()
