@@ -450,7 +450,7 @@ def leave(argv: Sequence[str], code: int) -> None:
     if argv[:1] and argv[0] in _READ_ONLY:
         _flush()
         os._exit(code)
-    if argv[:1] == ["run"] and threading.active_count() == 1 + _daemon_threads():
+    if argv[:1] == ["run"] and _only_daemon_threads_left():
         # The run is over: its report printed, its records written, its cluster and
         # server stopped. Run the exit handlers (logging's flush, Prefect's and Dask's
         # own), then leave without the interpreter's teardown: ~0.35 s of freeing
@@ -463,8 +463,9 @@ def leave(argv: Sequence[str], code: int) -> None:
     sys.exit(code)
 
 
-def _daemon_threads() -> int:
-    return sum(1 for thread in threading.enumerate() if thread.daemon)
+def _only_daemon_threads_left() -> bool:
+    main = threading.main_thread()
+    return all(thread.daemon for thread in threading.enumerate() if thread is not main)
 
 
 def _flush() -> None:

@@ -111,9 +111,13 @@ class RetryCounter:
             code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
             if getattr(http, "status_code", 0) < 500 and code not in _TRANSIENT_CODES:
                 return None
+        self.add()
+        return None
+
+    def add(self) -> None:
+        """Count one request that failed transiently (thread-safe)."""
         with self._lock:
             self.count += 1
-        return None
 
     def escaped(self, exception: Any = None, **kwargs: Any) -> None:
         """``after-call-error`` handler: counts a call's exception that s3fs retries and
@@ -122,8 +126,7 @@ class RetryCounter:
         from s3fs.core import S3_RETRYABLE_ERRORS
 
         if isinstance(exception, S3_RETRYABLE_ERRORS) and not isinstance(exception, HTTPClientError):
-            with self._lock:
-                self.count += 1
+            self.add()
         return None
 
 
@@ -302,8 +305,7 @@ class S3Backend(Backend):
             # ETag, no metadata): it says nothing of whose object this is. Ask again.
             counter = getattr(self, "_counter", None)
             if counter is not None:
-                with counter._lock:
-                    counter.count += 1
+                counter.add()
         return (head.get("Metadata") or {}).get(COMMIT_TOKEN) == token
 
 
