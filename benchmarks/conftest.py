@@ -31,6 +31,9 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("DISTETL_TPCH_CACHE", str(REPO / ".distetl" / "tpch"))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("DISTETL_SCHEDULER", None)
+# A run without PREFECT_API_URL stops its own server with the run; fixed_cost measures
+# the default (a kept server) and stops it after.
+os.environ["DISTETL_KEEP_SERVER"] = "0"
 try:
     os.nice(int(os.environ.get("DISTETL_BENCH_NICE", "-10")) - os.nice(0))
 except (PermissionError, ValueError):

@@ -5,9 +5,9 @@ small chunks' extract), written as one Parquet file. Each command runs in a fres
 process, timed by the caller from just before it starts to its exit, as a user sees it:
 
 * ``distetl run FLOW --output OUT`` (``python -m distetl.cli``), no ``PREFECT_API_URL``,
-  ``DISTETL_HOME`` warm (its embedded Prefect database made by an earlier run): the run
-  starts its own Prefect server (launched as the command starts, before the flow file
-  loads) and a local Dask cluster, runs one flow run, stops both;
+  ``DISTETL_HOME`` warm (its embedded Prefect database made, and its kept Prefect server
+  launched, by an earlier run): the run reports to that server, starts a local Dask
+  cluster, runs one flow run and closes the cluster;
 * ``luigi --module fixed_cost_task OneChunk --root OUT --local-scheduler``
   (``python -m luigi``): Luigi's scheduler in the process, one worker, one task.
 
@@ -117,7 +117,7 @@ PHASES = (
     "flow run (cluster up)",
     "local cluster close",
     "wait for Prefect to record the task run",
-    "Prefect server stop",
+    "Prefect server stop (a per-run server only)",
     "index and manifest",
     "rest of the run (lease, report)",
     "summary and output",
@@ -165,7 +165,7 @@ def _instrument() -> list[tuple[str, float, float]]:
     wrap(backfill, "run", "run")
     wrap(backfill, "plan", "plan")
     wrap(RunnerSpec, "check", "pre-flight check")
-    wrap(prefect_api.EmbeddedServer, "start", "Prefect server start")
+    wrap(prefect_api, "wait_answering", "Prefect server start")
     wrap(prefect_api.EmbeddedServer, "stop", "Prefect server stop")
     wrap(LocalCluster, "__init__", "local cluster start")
     wrap(SpecCluster, "close", "local cluster close", only=first_close)
@@ -184,10 +184,11 @@ def phases_main(argv: list[str]) -> int:
     # The command launches its Prefect server before it imports what the run needs (the
     # modules wrapped below): the same here, then the run takes that server.
     launching = time.monotonic()
-    launch_early()
+    launched = launch_early()  # False: the home's kept server runs already
     launch = ("Prefect server launch", launching, time.monotonic())
     spans = _instrument()
-    spans.append(launch)
+    if launched:
+        spans.append(launch)
     entered = time.monotonic()
     code = cli.main(["run", argv[0], "--output", argv[1]])
     done = time.monotonic()
@@ -199,8 +200,10 @@ def phases_main(argv: list[str]) -> int:
     return code
 
 
-def _one(spans: list, name: str) -> tuple[float, float]:
+def _one(spans: list, name: str, optional: bool = False) -> tuple[float, float]:
     found = [(s, e) for n, s, e in spans if n == name]
+    if optional and not found:
+        return (float("nan"), float("nan"))
     if len(found) != 1:
         raise AssertionError(f"Expected one timed call of {name!r} in the instrumented run; got {len(found)}. "
                              "Fix: check what distetl.engine.backfill.run calls now (fixed_cost._instrument).")
@@ -223,10 +226,14 @@ def phase_breakdown(stdout: str, started: float, ended: float) -> dict[str, floa
     data = json.loads(line[len(_MARK):])
     spans = data["spans"]
     run = _one(spans, "run")
-    # The server is launched as the command starts (before the flow file loads) and
-    # waited for by the run: its start is launch -> answering.
-    launched, answered = _one(spans, "Prefect server launch"), _one(spans, "Prefect server start")
-    server_start, server_stop = (launched[0], answered[1]), _one(spans, "Prefect server stop")
+    # A server launched as the command starts (before the flow file loads) and waited
+    # for by the run starts from launch to answering; a kept one (the home's server,
+    # launched by an earlier run) only has to answer, and is not stopped.
+    launched, answered = _one(spans, "Prefect server launch", optional=True), _one(spans, "Prefect server start")
+    server_start = (launched[0], answered[1]) if launched[0] == launched[0] else answered
+    server_stop = _one(spans, "Prefect server stop", optional=True)
+    if server_stop[0] != server_stop[0]:  # none (kept): an empty span where the flow run ends
+        server_stop = (_one(spans, "flow run")[1],) * 2
     cluster_start, cluster_close = _one(spans, "local cluster start"), _one(spans, "local cluster close")
     flow_run = _one(spans, "flow run")
     d = {name: e - s for name, s, e in spans if name not in ("index", "manifest")}
@@ -248,7 +255,7 @@ def phase_breakdown(stdout: str, started: float, ended: float) -> dict[str, floa
         "flow run (cluster up)": (flow_run[1] - flow_run[0]) - _overlap(flow_run, [cluster_start, cluster_close]),
         "local cluster close": d["local cluster close"],
         "wait for Prefect to record the task run": d["wait for Prefect to record the task run"],
-        "Prefect server stop": d["Prefect server stop"],
+        "Prefect server stop (a per-run server only)": server_stop[1] - server_stop[0],
         "index and manifest": sum(e - s for n, s, e in spans if n in ("index", "manifest")),
     }
     timed = [tuple(s[1:]) for s in spans if s[0] != "run"]

@@ -25,6 +25,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("DISTETL_SCHEDULER", None)
+# A run without PREFECT_API_URL starts its own server and stops it with the run (the
+# kept server, the default, would outlive each test; tests of it set this themselves).
+os.environ["DISTETL_KEEP_SERVER"] = "0"
 
 import pytest  # noqa: E402
 

@@ -3,8 +3,13 @@
 Prefect's own ephemeral mode starts a server inside every process that lacks
 ``PREFECT_API_URL`` -- each Dask worker would start its own on the same SQLite file --
 and drops task-run records at exit. distetl instead starts one server subprocess on a
-free loopback port, points the driver and every worker at it through
-``PREFECT_API_URL``, and stops it only after the run's records have landed.
+free loopback port and points the driver and every worker at it through
+``PREFECT_API_URL``.
+
+That server is *kept* (:func:`keep_seconds`): it outlives the run, every later run on the
+same ``DISTETL_HOME`` reports to it instead of paying its ~3 s start, and it stops by
+itself once no run has used it for ``DISTETL_KEEP_SERVER`` seconds (600 by default; 0
+starts one server per run and stops it with the run, after the run's records landed).
 """
 
 from __future__ import annotations
@@ -14,18 +19,23 @@ import os
 import socket
 import subprocess
 import sys
+import math
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from distetl.engine.servers import live_servers, registered, running_ui
+from distetl.engine.servers import client, kept_lock, kept_server, live_servers, record_kept, registered, running_ui
 from distetl.errors import ConfigError
 from distetl.state.results import PHASES, describe_warnings
 
 __all__ = ["quiet_prefect_env", "override_settings", "prefect_api", "state_home", "EmbeddedServer", "launch_early",
-           "stop_early", "mark_crashed"]
+           "stop_early", "mark_crashed", "keep_seconds", "KEEP_ENV", "DEFAULT_KEEP_S"]
+
+#: Seconds distetl's own Prefect server stays up after the last run that used it.
+KEEP_ENV = "DISTETL_KEEP_SERVER"
+DEFAULT_KEEP_S = 600.0
 
 #: Prefect server services a per-run server does without: they serve deployments,
 #: schedules, work pools, pauses, concurrency leases and automations, none of which a
@@ -38,8 +48,39 @@ BACKFILL_OFF_SERVICES = (
 )
 
 
-#: API URLs of the per-run servers this process started (their UI is off).
+#: API URLs of the servers distetl started for runs in this process (their UI is off):
+#: per-run and kept ones.
 EMBEDDED_URLS: set[str] = set()
+
+#: Kept servers' API URLs (of :data:`EMBEDDED_URLS`) and their idle time in seconds.
+KEPT_URLS: dict[str, float] = {}
+
+#: The kept servers this process launched (kept so that no ``Popen`` is collected while
+#: its process runs on).
+_KEPT_PROCESSES: list[subprocess.Popen[bytes]] = []
+
+
+def keep_seconds() -> float:
+    """How long distetl's own Prefect server stays up after the last run that used it:
+    ``$DISTETL_KEEP_SERVER`` seconds, :data:`DEFAULT_KEEP_S` when unset; 0 starts one
+    server per run and stops it with the run.
+
+    Raises:
+        ConfigError: The variable is not a number of seconds ≥ 0.
+    """
+    raw = os.environ.get(KEEP_ENV, "").strip()
+    if not raw:
+        return DEFAULT_KEEP_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(
+            f"{KEEP_ENV} as seconds ≥ 0 (how long distetl's Prefect server stays up after the last run; "
+            "0 stops it with each run)", repr(raw),
+            f"set {KEEP_ENV}={DEFAULT_KEEP_S:.0f} (or 0), or unset it for the default")
+    return seconds
 
 
 def quiet_prefect_env() -> None:
@@ -85,11 +126,14 @@ class EmbeddedServer:
         host: Address to listen on (``distetl ui --host``).
         connect_host: Address this process reaches it at (default: ``host``).
         ui_api_url: The API URL the UI in a browser calls (default: :attr:`url`).
+        keep: For a kept server: the seconds without any user after which it stops by
+            itself (:mod:`distetl.engine.servers`); it is not tied to this process.
     """
 
     def __init__(self, home: Path, port: int | None = None, ui: bool = False, tied: bool = True,
                  all_services: bool = False, host: str = "127.0.0.1", connect_host: str | None = None,
-                 ui_api_url: str | None = None):
+                 ui_api_url: str | None = None, keep: float = 0.0):
+        self.keep = keep
         self.host = host
         self.connect_host = connect_host or host
         self.ui_api_url = ui_api_url
@@ -113,21 +157,13 @@ class EmbeddedServer:
         """
         if self.process is None:
             self.launch()
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if api_healthy(self.url, timeout=1.0):
-                return self.url
-            time.sleep(0.1)
-        self.stop()
-        tail = (self.home / "server.log").read_text(errors="replace")[-1500:]
-        raise ConfigError(
-            f"the embedded Prefect API to answer at {self.url} within {timeout:.0f}s",
-            f"no answer; server log tail:\n{tail}",
-            "check the log above, or start `prefect server start` yourself and set PREFECT_API_URL",
-        )
+        process = self.process
+        assert process is not None
+        try:
+            return wait_answering(self.url, lambda: process.poll() is None, self.home, timeout)
+        except ConfigError:
+            self.stop()
+            raise
 
     def launch(self) -> None:
         """Start the server process without waiting for it to answer (:meth:`start` waits)."""
@@ -148,12 +184,15 @@ class EmbeddedServer:
             for service in BACKFILL_OFF_SERVICES:
                 env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
         log = open(self.home / "server.log", "ab")
-        launcher = ["-m", "distetl.engine.uvicorn_child", "uvicorn"] if self.tied else ["-m", "uvicorn"]
+        if self.keep:
+            launcher = ["-m", "distetl.engine.uvicorn_child", "--keep", str(self.home), repr(self.keep), "uvicorn"]
+        else:
+            launcher = ["-m", "distetl.engine.uvicorn_child", "uvicorn"] if self.tied else ["-m", "uvicorn"]
         self.process = subprocess.Popen(
             [sys.executable, *launcher, "--factory", "prefect.server.api.server:create_app",
              "--host", self.host, "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.PIPE if self.tied else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.tied and not self.keep else subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
@@ -172,8 +211,70 @@ class EmbeddedServer:
         self.process = None
 
 
+def wait_answering(url: str, running: Any, home: Path, timeout: float = 90.0) -> str:
+    """Wait until the server at ``url`` answers; returns ``url``.
+
+    Args:
+        url: Its API URL.
+        running: A callable saying whether its process still runs.
+        home: Its ``PREFECT_HOME`` (for its log's tail in the error).
+        timeout: Seconds to wait.
+
+    Raises:
+        ConfigError: It does not answer in ``timeout`` seconds, or its process ended.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running():
+        if api_healthy(url, timeout=1.0):
+            return url
+        time.sleep(0.05)
+    log = Path(home) / "server.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.is_file() else "(no log)"
+    raise ConfigError(
+        f"the embedded Prefect API to answer at {url} within {timeout:.0f}s",
+        f"no answer; server log tail:\n{tail}",
+        "check the log above, or start `prefect server start` yourself and set PREFECT_API_URL",
+    )
+
+
+def _pid_running(pid: int) -> Any:
+    def running() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    return running
+
+
+def _kept(database: Path, uses: contextlib.ExitStack, launch: bool) -> tuple[str, int, float] | None:
+    """Register this process (in ``uses``) as a client of the kept server on
+    ``database`` and return its URL, pid and idle seconds, launching one when none runs and ``launch``;
+    None (and no registration) when none runs and not ``launch``."""
+    with kept_lock(database):
+        record = kept_server(database)
+        if record is None and not launch:
+            return None
+        uses.enter_context(client(database))
+        if record is not None:
+            return str(record["url"]), int(record["pid"]), float(record.get("idle_s") or 0)
+        seconds = keep_seconds()
+        server = EmbeddedServer(database, keep=seconds)
+        server.launch()
+        assert server.process is not None
+        _KEPT_PROCESSES.append(server.process)
+        record_kept(database, server.url, server.process.pid, seconds)
+        return server.url, server.process.pid, seconds
+
+
 #: Servers launched ahead of their run by :func:`launch_early`, by database folder.
 _EARLY: dict[Path, EmbeddedServer] = {}
+
+#: The client registrations :func:`launch_early` took on kept servers.
+_EARLY_USES = contextlib.ExitStack()
 
 
 def launch_early(home: Path | None = None) -> bool:
@@ -181,15 +282,24 @@ def launch_early(home: Path | None = None) -> bool:
     waiting for it, so it starts while the caller loads the flow file and imports
     (``distetl run``: its ~3 s start then overlaps ~0.7 s of the run's own start).
 
-    Nothing is launched when ``PREFECT_API_URL`` is set or a ``distetl ui`` is recorded
-    on the database (the run reports there). Returns whether a server was launched;
-    :func:`stop_early` stops one no run used.
+    Nothing is launched when ``PREFECT_API_URL`` is set, a ``distetl ui`` is recorded
+    on the database (the run reports there) or a kept server runs there (the command
+    registers as its user at once). Returns whether a server was launched;
+    :func:`stop_early` stops a per-run one no run used and ends the command's use of a
+    kept one.
+
+    Raises:
+        ConfigError: ``DISTETL_KEEP_SERVER`` is not a number of seconds.
     """
     if os.environ.get("PREFECT_API_URL"):
         return False
     database = (home or state_home()) / "prefect"
     if database in _EARLY or any(r.get("role") == "ui" for r in live_servers(database)):
         return False
+    launch = keep_seconds() > 0
+    found = kept_server(database)
+    if found is not None or launch:
+        return _kept(database, _EARLY_USES, launch) is not None and found is None
     server = EmbeddedServer(database)
     server.launch()
     _EARLY[database] = server
@@ -197,7 +307,9 @@ def launch_early(home: Path | None = None) -> bool:
 
 
 def stop_early() -> None:
-    """Stop the servers :func:`launch_early` started that no run took."""
+    """Stop the per-run servers :func:`launch_early` started that no run took, and end
+    the command's use of kept ones (they stop once idle)."""
+    _EARLY_USES.close()
     while _EARLY:
         _EARLY.popitem()[1].stop()
 
@@ -206,10 +318,11 @@ def stop_early() -> None:
 def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iterator[str]:
     """Make every Prefect call in the block, on the driver and on workers, use one API.
 
-    Uses ``PREFECT_API_URL`` when set (and checks it answers); otherwise starts an
-    :class:`EmbeddedServer` for the block. The URL is exported in ``os.environ`` (worker
-    processes spawned in the block inherit it) and set in Prefect's settings context
-    (serialised with each task to remote workers).
+    Uses ``PREFECT_API_URL`` when set (and checks it answers); otherwise a ``distetl ui``
+    serving the database, else its kept server (launched if none runs; see
+    :func:`keep_seconds`), else an :class:`EmbeddedServer` for the block. The URL is
+    exported in ``os.environ`` (worker processes spawned in the block inherit it) and
+    set in Prefect's settings context (serialised with each task to remote workers).
 
     Yields:
         The API URL.
@@ -236,6 +349,14 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
         url = running_ui(database) or ""  # a live `distetl ui` on this database: report there
         if url and early is not None:
             early.stop()
+        if not url:
+            kept = _kept(database, registration, launch=early is None and keep_seconds() > 0)
+            if kept is not None:
+                if early is not None:
+                    early.stop()
+                url = wait_answering(kept[0], _pid_running(kept[1]), database)
+                EMBEDDED_URLS.add(url)
+                KEPT_URLS[url] = kept[2]
         if not url:
             server = early or EmbeddedServer(database)
             registration.enter_context(registered(database, server.url, "run"))

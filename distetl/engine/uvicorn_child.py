@@ -4,6 +4,10 @@
 write end of this process's stdin; when the parent exits -- even by SIGKILL -- stdin
 reads end-of-file and the server shuts down gracefully (SIGTERM to itself), so a killed
 driver does not leave its embedded Prefect server running.
+
+``python -m distetl.engine.uvicorn_child --keep HOME SECONDS uvicorn ARGS…``: a kept
+server (:mod:`distetl.engine.servers`), not tied to its starter: it shuts down once no
+live process has used the database under ``HOME`` for ``SECONDS`` seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -31,11 +36,26 @@ def _watch_parent() -> None:
     os._exit(0)
 
 
+def _watch_use(home: str, idle_s: float) -> None:
+    from distetl.engine.servers import retire_when_idle
+
+    retire_when_idle(Path(home), idle_s)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(GRACE_SECONDS)
+    os._exit(0)
+
+
 def main(argv: list[str]) -> None:
-    """Start the stdin watchdog, then run uvicorn with ``argv`` (after ``uvicorn``)."""
+    """Start the watchdog (of the parent's stdin, or with ``--keep`` of the database's
+    use), then run uvicorn with ``argv`` (after ``uvicorn``)."""
+    if argv[:1] == ["--keep"]:
+        home, idle_s, argv = argv[1], float(argv[2]), argv[3:]
+        watch = threading.Thread(target=_watch_use, args=(home, idle_s), name="distetl-idle-watch", daemon=True)
+    else:
+        watch = threading.Thread(target=_watch_parent, name="distetl-parent-watch", daemon=True)
     if argv and argv[0] == "uvicorn":
         argv = argv[1:]
-    threading.Thread(target=_watch_parent, name="distetl-parent-watch", daemon=True).start()
+    watch.start()
     import uvicorn.main
 
     sys.argv = ["uvicorn", *argv]

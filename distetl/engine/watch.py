@@ -6,10 +6,11 @@ as they exist, and recorded in the report (and so in the manifest and alerts).
   ``dashboard: http://127.0.0.1:PORT/status``. A local cluster's dashboard lives as long
   as the run.
 * **Prefect flow run.** As soon as the flow run exists, its UI page is printed:
-  ``{PREFECT_UI_URL or the API URL without /api}/runs/flow-run/{id}``. The per-run
-  embedded API serves no UI and stops with the run; its records stay in its database
-  (``$DISTETL_HOME/prefect``), which ``distetl ui`` serves; or run against
-  ``distetl cluster up``'s server (``PREFECT_API_URL``), whose UI is on.
+  ``{PREFECT_UI_URL or the API URL without /api}/runs/flow-run/{id}``. distetl's own
+  embedded API (kept for later runs until idle, or per run) serves no UI; its records
+  stay in its database (``$DISTETL_HOME/prefect``), which ``distetl ui`` serves (it
+  takes over an idle kept server); or run against ``distetl cluster up``'s server
+  (``PREFECT_API_URL``), whose UI is on.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def flow_run_url(api_url: Optional[str], flow_run_id: Optional[str]) -> Optional
 def after_run_link(api_url: Optional[str], flow_run_id: Optional[str]) -> Optional[str]:
     """The line that shows where a finished run's flow run can be looked at.
 
-    A run's own embedded Prefect API stops with the run, so its flow run page is dead
-    afterwards: the line then says to start ``distetl ui`` (same folder, or the same
+    distetl's own embedded Prefect API serves no UI (and a per-run one stops with the
+    run), so the line then says to start ``distetl ui`` (same folder, or the same
     ``DISTETL_HOME``) and gives the page on its default port.
     """
     if not flow_run_id:
@@ -93,7 +94,7 @@ class Watch:
             if url:
                 note = ""
                 if _embedded(self.report.prefect_api) and not os.environ.get(UI_ENV):
-                    note = (" (this run's own Prefect API serves no UI and stops with the run; "
+                    note = (f" ({_whose(self.report.prefect_api)} serves no UI; "
                             "`distetl ui` shows its records, or run against `distetl cluster up`'s server)")
                 self.console.print(f"flow run:  {url}{note}", highlight=False, soft_wrap=True)
 
@@ -103,6 +104,20 @@ class Watch:
         """An ``on_dashboard`` callback: prints the Dask dashboard's link."""
         self.report.dashboard_url = link
         self.console.print(f"dashboard: {link}", highlight=False, soft_wrap=True)
+
+
+def _whose(api_url: Optional[str]) -> str:
+    """Which embedded API ``api_url`` is, and when it stops."""
+    from distetl.engine.prefect_api import KEPT_URLS
+
+    if api_url in KEPT_URLS:
+        return (f"distetl's Prefect API for this DISTETL_HOME, kept for later runs until "
+                f"{_duration(KEPT_URLS[api_url])} without one,")
+    return "this run's own Prefect API stops with the run and"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def _embedded(api_url: Optional[str]) -> bool:

@@ -223,9 +223,16 @@ def _prefect_server(port: Optional[int], console: Console) -> Iterator[Any]:
                 "start`), or unset it to let serve start its own")
         yield given, None
         return
-    from distetl.engine.servers import live_servers, registered
+    from distetl.engine.servers import live_clients, live_servers, registered, retire_kept
 
     home = state_home() / "prefect"
+    if not retire_kept(home):  # an idle kept server makes way for serve's
+        raise ConfigError(
+            f"no other Prefect server on distetl's database {home / 'prefect.db'} (SQLite takes one server)",
+            f"distetl's kept server for runs, in use by a running `distetl run` (pids "
+            f"{', '.join(map(str, live_clients(home)))})",
+            "start serve when that run has finished, or point PREFECT_API_URL at a server with its services on "
+            "(`distetl cluster up`)")
     for record in live_servers(home):
         what = (f"`distetl ui` (pid {record['pid']}, {record.get('ui_url')})" if record.get("role") == "ui"
                 else f"the server of a running `distetl run` (pid {record['pid']}, API {record.get('url')})")

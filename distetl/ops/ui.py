@@ -22,7 +22,7 @@ import socket
 import threading
 from typing import Any
 
-from distetl.engine.servers import live_servers, registered, running_ui
+from distetl.engine.servers import live_clients, live_servers, registered, retire_kept, running_ui
 from distetl.errors import ConfigError
 
 __all__ = ["add_ui_parser", "live_servers", "registered", "running_ui", "ui_command"]
@@ -65,6 +65,14 @@ def ui_command(args: Any, console: Any) -> int:
     quiet_prefect_env()
     home = state_home() / "prefect"
     host, port = args.host, args.port
+    if not retire_kept(home):
+        raise ConfigError(
+            f"no other Prefect server on the database {home / 'prefect.db'} (SQLite takes one server at a time)",
+            "distetl's kept server for runs, in use by a running `distetl run` (pids "
+            f"{', '.join(map(str, live_clients(home)))})",
+            "start `distetl ui` when that run has finished (an idle kept server is stopped for the UI); runs "
+            "started while `distetl ui` is up report to the UI's server, so start it first next time",
+        )
     for record in live_servers(home):
         if record.get("role") == "ui":
             raise ConfigError(
