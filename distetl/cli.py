@@ -142,14 +142,31 @@ def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Cons
     if args.command != "run" or args.dry_run:
         return _commands(args, extra, console)
     from distetl.engine.prefect_api import launch_early, stop_early
+    from distetl.engine.runners import EarlyCluster
 
-    # The run's Prefect server starts while the flow file loads and the run imports what
-    # it needs; one no run takes (nothing to run, bad input) is stopped here.
+    # The run's Prefect server (unless the home's kept one runs) and its local cluster
+    # start while the flow file loads and the run imports and plans what it needs; what
+    # no run takes (nothing to run, bad input) is stopped here.
     launch_early()
     try:
+        with contextlib.suppress(DistetlError):  # a bad option is reported where it always was
+            EarlyCluster.launch(_runner_spec(args))
         return _commands(args, extra, console)
     finally:
+        EarlyCluster.close_launched()
         stop_early()
+
+
+def _runner_spec(args: argparse.Namespace) -> Any:
+    """The run's :class:`~distetl.engine.runners.RunnerSpec` from its options."""
+    from distetl.engine.runners import RunnerSpec
+    from distetl.ops.clusters import with_memory_limit
+
+    cluster_options = with_memory_limit(args.cluster_option, args.worker_memory_limit,
+                                        args.scheduler or os.environ.get("DISTETL_SCHEDULER"))
+    return RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
+                                   performance_report=args.performance_report, cluster_class=args.cluster_class,
+                                   cluster_options=cluster_options, adapt=args.adapt)
 
 
 def _commands(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
@@ -176,15 +193,7 @@ def _commands(args: argparse.Namespace, extra: Sequence[str], console: Console) 
             console.print("nothing to accept: no chunk is stale because of its code")
         return EXIT_OK
     pipeline = pipeline.with_retry_options(args.retries, args.retry_delay, args.chunk_timeout)
-    from distetl.engine.runners import RunnerSpec
-
-    from distetl.ops.clusters import with_memory_limit
-
-    cluster_options = with_memory_limit(args.cluster_option, args.worker_memory_limit,
-                                        args.scheduler or os.environ.get("DISTETL_SCHEDULER"))
-    spec = RunnerSpec.from_options(args.runner, args.workers, args.scheduler, args.connect_timeout,
-                                   performance_report=args.performance_report, cluster_class=args.cluster_class,
-                                   cluster_options=cluster_options, adapt=args.adapt)
+    spec = _runner_spec(args)
     from distetl.ops.alerts import AlertConfig
 
     alerts = AlertConfig.from_args(args)

@@ -210,3 +210,31 @@ def test_a_worker_left_running_a_timed_out_chunk_is_restarted_through_its_nanny(
             assert not any(n.startswith("distetl-chunk-") for ns in names.values() for n in ns)
     finally:
         os.environ.pop("HANG", None)
+
+
+@pytest.mark.parametrize("after_s", [0.8, 1.6, 2.6])
+def test_a_ctrl_c_while_the_run_starts_stops_it(after_s, tmp_path, flow_file, prefect_api):
+    """A Ctrl-C in the run's first seconds (imports, the local cluster's start, the plan,
+    the flow run's start) is not lost: the run stops, exit 130, and does not go on to
+    commit every chunk (it was lost while the cluster's worker processes started, when
+    the driver ignored SIGINT for them). The driver starts with Ctrl-C's default
+    disposition, as from a terminal. A worker process still starting may die of the same
+    Ctrl-C with a traceback; the run still stops cleanly."""
+    flow = _flow(flow_file)
+    out = tmp_path / "out"
+    full = {**clean_env(), "EACH_S": "0.5", "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distetl.cli", "run", str(flow), "--output", str(out), "--no-progress",
+         "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=str(REPO),
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(after_s)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "interrupted" in stderr or "stopped by SIGINT" in stderr, stderr[-3000:]
+    assert len(_files(out)) < 20, "the Ctrl-C was lost: the run committed every chunk"

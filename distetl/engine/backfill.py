@@ -581,7 +581,7 @@ def _execute(
         landed.setdefault((event.get("stage") or "", event["key"]), event)
         live.chunk(event)
 
-    early = EarlyCluster(spec, planned.to_run) if EarlyCluster.applies(spec) else None
+    early = EarlyCluster.take(spec, planned.to_run)  # the one `distetl run` launched, or a new one
     try:
         with prefect_api() as api_url:
             report.prefect_api = api_url
@@ -609,7 +609,7 @@ def _flow(planned: PlannedRun, spec: RunnerSpec, early: Any, source: Any, live: 
     watch = Watch(console, report)  # prints the flow run's page and the Dask dashboard
     with live:
         outcome = run_flow(
-            planned.pipeline, source, early.task_runner() if early is not None else spec.task_runner(),
+            planned.pipeline, source, early.task_runner(stop) if early is not None else spec.task_runner(),
             live.settle, on_chunk,
             flow_run_name=f"{planned.pipeline.name} · {planned.to_run} chunks",
             stop=stop, restart_hung_workers=spec.kind == "remote", on_flow_run=watch.flow_run(on_flow_run),

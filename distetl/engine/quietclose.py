@@ -1,4 +1,5 @@
-"""A worker plugin that keeps a local cluster's close free of a spurious traceback.
+"""Worker plugins of distetl's local clusters: a close free of a spurious traceback,
+and worker processes that leave a terminal's Ctrl-C to the driver.
 
 When a cluster closes, each worker stops its periodic heartbeat and then closes its
 connection pool. A heartbeat already waiting for the scheduler's answer at that moment
@@ -11,16 +12,24 @@ the window; ``serve``'s SIGTERM and a run's end then print a traceback now and t
 one message while no worker of the process is running (all closing or closed). A
 heartbeat failure while a worker runs (the scheduler is gone, the network broke) is
 still logged in full.
+
+:class:`NoCtrlC` makes the worker's process ignore SIGINT as the worker starts. Ctrl-C
+signals the terminal's whole process group: worker processes would each die of it with
+a traceback while the driver stops the run cleanly (:mod:`distetl.engine.stopping`) and
+closes them itself. The driver keeps its own handler all along, so a Ctrl-C while a
+local cluster starts stops the run (a worker still starting may die of it then).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 from distributed import WorkerPlugin
 
-__all__ = ["QuietClose", "HEARTBEAT_FAILED"]
+__all__ = ["QuietClose", "NoCtrlC", "HEARTBEAT_FAILED"]
 
 #: The start of the message Dask logs when a heartbeat fails.
 HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
@@ -54,3 +63,14 @@ class QuietClose(WorkerPlugin):
         logger = logging.getLogger(_LOGGER)
         if not any(isinstance(f, _ClosingHeartbeatFilter) for f in logger.filters):
             logger.addFilter(_ClosingHeartbeatFilter())
+
+
+class NoCtrlC(WorkerPlugin):
+    """Makes the worker's process ignore SIGINT (from its main thread, where a worker
+    process started by a nanny runs its event loop; elsewhere it does nothing)."""
+
+    name = "distetl-no-ctrl-c"
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlparse
@@ -315,30 +316,22 @@ def local_cluster(**kwargs: Any) -> Any:
 
     Ctrl-C signals the terminal's whole process group; worker processes would each die
     of it with a traceback while the driver is still stopping the run cleanly (see
-    :mod:`distetl.engine.stopping`), and the driver closes them itself. SIGINT is ignored in the
-    driver while the cluster spawns its processes, which inherit that disposition (a
-    signal mask is not inherited through the spawn); the driver's handler is restored
-    right after, so a Ctrl-C during the cluster's start-up (a second or two) is lost.
+    :mod:`distetl.engine.stopping`), and the driver closes them itself. Each worker
+    process ignores SIGINT from its start (:class:`~distetl.engine.quietclose.NoCtrlC`);
+    the driver keeps its handler, so a Ctrl-C while the cluster starts is not lost.
 
-    Its workers carry :class:`~distetl.engine.quietclose.QuietClose`: the cluster's close prints
-    no heartbeat traceback (a user's own ``plugins`` are kept beside it), and worker
-    processes start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (:func:`unset_malloc_trim`).
+    Its workers also carry :class:`~distetl.engine.quietclose.QuietClose`: the cluster's
+    close prints no heartbeat traceback (a user's own ``plugins`` are kept beside them),
+    and worker processes start without Dask's ``MALLOC_TRIM_THRESHOLD_``
+    (:func:`unset_malloc_trim`).
     """
-    import signal
-
     from distributed import LocalCluster
 
-    from distetl.engine.quietclose import QuietClose
+    from distetl.engine.quietclose import NoCtrlC, QuietClose
 
-    kwargs = {**kwargs, "plugins": [*kwargs.get("plugins", ()), QuietClose()]}
+    kwargs = {**kwargs, "plugins": [*kwargs.get("plugins", ()), QuietClose(), NoCtrlC()]}
     unset_malloc_trim()
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        return LocalCluster(**kwargs)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    return LocalCluster(**kwargs)
 
 
 # -- the pre-flight check of a remote cluster ---------------------------------------------
@@ -663,29 +656,30 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None,
 
 
 class EarlyCluster:
-    """A local Dask cluster started in a thread while the Prefect server starts.
+    """A local Dask cluster started in a thread while the run gets ready.
 
-    A run's fixed cost used to be the server's start, then the cluster's start, one after
-    the other; started side by side they cost the longer of the two. SIGINT is ignored
-    while the worker processes spawn (they inherit that disposition: a terminal's Ctrl-C
-    reaches the whole process group, and the driver stops the run itself); the previous
-    handler comes back in :meth:`task_runner`, so a Ctrl-C during start-up is lost, as it
-    was during the cluster's start before.
+    ``distetl run`` launches one as the command starts (:meth:`launch`, one worker
+    process: it starts while the flow file loads and the run imports and plans); the run
+    takes it (:meth:`take`) and scales it to the workers its chunks need. A run that
+    finds none starts one after planning, beside its Prefect server's start. Worker
+    processes ignore the terminal's Ctrl-C (:func:`local_cluster`); the driver's handler
+    stays, so a Ctrl-C while the cluster starts stops the run.
 
     Args:
         spec: A ``local`` runner spec without cluster options.
         chunks: Chunks to run: no more worker processes than that are started.
     """
 
-    def __init__(self, spec: "RunnerSpec", chunks: int):
-        import signal
+    #: The cluster :meth:`launch` started ahead of its run, with its spec.
+    _launched: Optional["EarlyCluster"] = None
 
+    def __init__(self, spec: "RunnerSpec", chunks: int):
         self.spec = spec
         self.cluster: Any = None
         self.error: Optional[BaseException] = None
-        main = threading.current_thread() is threading.main_thread()
-        self._previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        self._thread = threading.Thread(target=self._start, args=(max(1, min(spec.n_workers, chunks)),),
+        self.wanted = self._workers(chunks)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._start, args=(self.wanted,),
                                         name="distetl-early-cluster", daemon=True)
         self._thread.start()
 
@@ -694,34 +688,95 @@ class EarlyCluster:
         """Whether a spec runs on a plain local cluster this can start."""
         return spec.kind == "local" and not spec.cluster_options and not spec.adapt
 
+    @classmethod
+    def launch(cls, spec: "RunnerSpec") -> bool:
+        """Start a one-worker cluster for a run that will take it (:meth:`take`);
+        returns whether one was started (the spec :meth:`applies`)."""
+        if not cls.applies(spec) or cls._launched is not None:
+            return False
+        cls._launched = cls(spec, 1)
+        return True
+
+    @classmethod
+    def take(cls, spec: "RunnerSpec", chunks: int) -> Optional["EarlyCluster"]:
+        """The cluster for a run of ``chunks`` chunks on ``spec``: the launched one
+        (scaled to the workers they need) when its spec is this one, else a new one;
+        None when the spec does not apply."""
+        launched, cls._launched = cls._launched, None
+        if launched is not None and launched.spec == spec:
+            launched.want(chunks)
+            return launched
+        if launched is not None:
+            launched.close()
+        return cls(spec, chunks) if cls.applies(spec) else None
+
+    @classmethod
+    def close_launched(cls) -> None:
+        """Close a launched cluster no run took (nothing to run, bad input)."""
+        launched, cls._launched = cls._launched, None
+        if launched is not None:
+            launched.close()
+
+    def _workers(self, chunks: int) -> int:
+        return max(1, min(self.spec.n_workers, chunks))
+
     def _start(self, n_workers: int) -> None:
         try:
-            self.cluster = local_cluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                         host="127.0.0.1", dashboard_address=":0")
+            cluster = local_cluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                    host="127.0.0.1", dashboard_address=":0")
+            with self._lock:
+                self.cluster = cluster
+                if self.wanted > n_workers:
+                    cluster.scale(self.wanted)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self.error = exc
 
-    def _joined(self) -> None:
-        import signal
+    def want(self, chunks: int) -> None:
+        """Scale to the workers ``chunks`` chunks need (at once, or as it comes up)."""
+        with self._lock:
+            wanted = self._workers(chunks)
+            if wanted > self.wanted:
+                self.wanted = wanted
+                if self.cluster is not None:
+                    self.cluster.scale(wanted)
 
-        self._thread.join()
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+    def task_runner(self, stop: Any = None, timeout: float = 120.0) -> Any:
+        """A Prefect task runner on the started cluster (waits for it and its workers).
 
-    def task_runner(self) -> Any:
-        """A Prefect task runner on the started cluster (waits for it)."""
+        Args:
+            stop: The run's stop request. Once it is set (a Ctrl-C, which may also have
+                ended a worker process still starting), no chunk will run: a failed
+                start or missing workers then give a one-thread runner that runs nothing.
+            timeout: Seconds to wait for the workers the run wants.
+
+        Raises:
+            ClusterError: Its workers did not all come up in ``timeout`` seconds.
+            Exception: The cluster's own start error, without a stop request.
+        """
+        from prefect.task_runners import ThreadPoolTaskRunner
         from prefect_dask import DaskTaskRunner
 
-        self._joined()
+        self._thread.join()
+        stopped = lambda: stop is not None and stop.stopped  # noqa: E731
         if self.error is not None:
+            if stopped():
+                return ThreadPoolTaskRunner(max_workers=1)
             raise self.error
+        deadline = time.monotonic() + timeout
+        while len(self.cluster.scheduler_info.get("workers", {})) < self.wanted and not stopped():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{self.wanted} local worker processes within {timeout:.0f} s",
+                                   f"{len(self.cluster.scheduler_info.get('workers', {}))}",
+                                   "check the worker logs above; rerun (committed chunks are skipped)")
+            time.sleep(0.05)
+        if stopped() and len(self.cluster.scheduler_info.get("workers", {})) < self.wanted:
+            return ThreadPoolTaskRunner(max_workers=1)
         return DaskTaskRunner(address=self.cluster.scheduler_address,
                               performance_report_path=self.spec.performance_report)
 
     def close(self) -> None:
         """Close the cluster (after the flow run)."""
-        self._joined()
+        self._thread.join()
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
