@@ -101,11 +101,7 @@ def _base_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distetl`` command."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # Prefect's run logs go to its API (the UI shows them); the terminal gets distetl's
-    # own progress, summary and failed-chunk table instead of a second copy.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    _env_defaults()
     parser = _base_parser()
     args, extra = parser.parse_known_args(argv)
     console = Console(stderr=True)
@@ -444,13 +440,56 @@ def console_main() -> None:
     non-daemon thread is left: that saves ~0.35 s of a one-chunk run's ~5 s.
     """
     argv = sys.argv[1:]
+    handed, warm = _hand_over(argv)
+    if handed is not None:
+        _flush()
+        os._exit(handed)
     try:
         code = main(argv)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` does
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os._exit(128 + 13)  # SIGPIPE's conventional exit status
+    if warm is not None:  # for the next run on this home
+        from distetl.engine.handoff import launch
+
+        launch(*warm)
     leave(argv, code)
+
+
+def _env_defaults() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's run logs go to its API (the UI shows them); the terminal gets distetl's
+    # own progress, summary and failed-chunk table instead of a second copy.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
+def _hand_over(argv: Sequence[str]) -> tuple[int | None, Any]:
+    """Hand ``distetl run`` to the home's warm run process (:mod:`distetl.engine.handoff`).
+
+    Returns:
+        The run's exit code when the warm process ran it, else None and, when one
+        should be started for later runs, the arguments of
+        :func:`~distetl.engine.handoff.launch`.
+    """
+    from distetl.engine import handoff
+
+    if not handoff.applies(argv):
+        return None, None
+    from distetl.engine.prefect_api import keep_seconds, state_home
+
+    _env_defaults()
+    try:
+        idle = keep_seconds()
+    except DistetlError:
+        return None, None  # the run reports it
+    if idle <= 0:
+        return None, None
+    env, home = dict(os.environ), state_home()
+    name = handoff.key(home, env)
+    code = handoff.forward(name, argv, env)
+    return (code, None) if code is not None else (None, (name, home, env, idle))
 
 
 def leave(argv: Sequence[str], code: int) -> None:

@@ -1,0 +1,193 @@
+"""The warm run process: ``python -m distetl.warm NAME IDLE_S`` (started by ``distetl run``).
+
+It listens on the abstract Unix socket of :func:`distetl.engine.handoff.address`, imports
+what a run imports (Prefect, Dask and its dashboard, pandas, pyarrow, distetl's run
+layer) once, with no thread started, then forks one child per ``distetl run`` that
+connects (:func:`distetl.engine.handoff.forward`). The child takes the command's
+terminal (its stdin, stdout and stderr arrive as file descriptors), working folder,
+environment, ``sys.argv`` and first ``sys.path`` entry, runs :func:`distetl.cli.main`
+with the command's arguments, and reports the exit code. A child whose command went away
+(killed, its terminal closed) is sent SIGTERM: the run stops cleanly, as it does on a
+service manager's SIGTERM. The process stops once no run has used it for ``IDLE_S``
+seconds, and at once when another process holds its name.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from distetl.engine.handoff import address
+
+__all__ = ["main", "WARM_MODULES"]
+
+#: What a run imports, imported once before the first fork.
+WARM_MODULES = (
+    "distetl.cli", "distetl.engine.backfill", "distetl.engine.flow", "distetl.engine.runners",
+    "distetl.engine.prefect_api", "distetl.engine.watch", "distetl.engine.loader", "distetl.ops.alerts",
+    "distetl.ops.clusters", "distetl.storage", "prefect", "prefect.task_runners", "prefect_dask", "distributed",
+    "distributed.dashboard.scheduler", "pandas", "pyarrow.parquet",
+)
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    fds = array.array("i")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk, ancillary, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(3 * fds.itemsize))
+        if not chunk:
+            raise ConnectionError("the command went away before its request arrived")
+        data += chunk
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return json.loads(data), list(fds)
+
+
+def _watch_command(conn: socket.socket) -> None:
+    """In a child: SIGTERM to itself once the command's end of the socket closes."""
+    with contextlib.suppress(OSError):
+        while conn.recv(1024):
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    """Run one command in this forked child; never returns."""
+    code = 1
+    try:
+        listener.close()
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        argv = list(request["argv"])
+        sys.argv = ["distetl", *argv]
+        if sys.path and request.get("path0"):
+            sys.path[0] = request["path0"]
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
+        import dask
+        import numpy
+
+        dask.config.refresh()  # DASK_* as the command has them (the key pins them too)
+        numpy.random.seed()  # a fork shares the parent's random state
+        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        threading.Thread(target=_watch_command, args=(conn,), name="distetl-command-watch", daemon=True).start()
+        from distetl import cli
+
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:  # noqa: BLE001 - the command's own crash: print it as Python would
+            traceback.print_exc()
+            code = 1
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join(timeout=30)
+        _flush()
+        import atexit
+
+        atexit._run_exitfuncs()
+        _flush()
+    except BaseException:  # noqa: BLE001 - report and end the child, never the warm process
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+        _flush()
+    finally:
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"code": code}).encode() + b"\n")
+        os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _reap(children: set[int]) -> None:
+    for pid in list(children):
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                continue
+        children.discard(pid)
+
+
+def main(argv: list[str]) -> int:
+    """Serve runs for the warm process ``argv[0]`` until idle for ``argv[1]`` seconds."""
+    name, idle_s = argv[0], float(argv[1])
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address(name))
+    except OSError:
+        return 0  # another warm process has this name
+    listener.listen(16)  # commands connecting while it imports wait in the backlog
+    started = time.monotonic()
+    for module in WARM_MODULES:
+        try:
+            __import__(module)
+        except Exception:  # noqa: BLE001 - the child imports it again and reports the error
+            traceback.print_exc()
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads:
+        print(f"distetl warm process {name}: imports started threads {threads}; forking is unsafe, stopping",
+              file=sys.stderr, flush=True)
+        return 1
+    print(f"distetl warm process {name} (pid {os.getpid()}): ready in {time.monotonic() - started:.1f} s",
+          file=sys.stderr, flush=True)
+    listener.settimeout(1.0)
+    children: set[int] = set()
+    last_used = time.monotonic()
+    while True:
+        _reap(children)
+        if children:
+            last_used = time.monotonic()
+        elif time.monotonic() - last_used > idle_s:
+            return 0
+        try:
+            conn, _ = listener.accept()
+        except (socket.timeout, InterruptedError):
+            continue
+        last_used = time.monotonic()
+        fds: list[int] = []
+        try:
+            conn.settimeout(10.0)
+            request, fds = _receive(conn)
+            conn.settimeout(None)
+            pid = os.fork()
+            if pid == 0:
+                _child(listener, conn, request, fds)
+            children.add(pid)
+        except (OSError, ValueError, ConnectionError) as exc:
+            print(f"distetl warm process {name}: a command's request failed: {exc}", file=sys.stderr, flush=True)
+        finally:
+            conn.close()
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
