@@ -37,6 +37,7 @@ import pytest
 
 import fixed_cost
 from benchlib import SERVICE_PIDS_ENV, Measurement
+from distetl.engine.handoff import stop_warm
 from distetl.engine.servers import retire_kept
 from report import CheckFailed
 
@@ -89,6 +90,7 @@ def test_one_chunk_distetl_run_vs_one_task_luigi_build(bench, bench_root):
     try:
         _measure(bench, name, folder, flow, env, distetl_run, luigi_build)
     finally:
+        stop_warm(folder / "home")
         assert retire_kept(folder / "home" / "prefect"), "Expected no run to use the kept server at the end"
 
 

@@ -76,12 +76,13 @@ def _warm_pid(home: Path, timeout: float = 90) -> int:
 
 
 def _cleanup(home: Path, pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    stopped = handoff.stop_warm(home)
+    assert set(pids) <= set(stopped), (pids, stopped)
     retire_kept(home / "prefect")
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in stopped) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert handoff.warm_pids(home) == []
 
 
 def test_later_runs_go_to_the_warm_process_with_their_env_folder_output_and_exit_codes(tmp_path, flow_file):

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["key", "address", "forward", "launch", "applies", "IMPORT_TIME_ENV"]
+__all__ = ["key", "address", "forward", "launch", "applies", "stop_warm", "warm_pids", "IMPORT_TIME_ENV"]
 
 #: Environment variables read at import time by distetl and the libraries the warm
 #: process imports: a different value means another warm process.
@@ -170,3 +170,31 @@ def launch(name: str, home: Path, env: Mapping[str, str], idle_s: float) -> None
             subprocess.Popen([sys.executable, "-m", "distetl.warm", name, repr(idle_s)], env=dict(env),
                              cwd=str(home), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True, close_fds=True)
+
+
+def warm_pids(home: Path) -> list[int]:
+    """Pids of the live warm run processes started for ``home`` (from ``HOME/warm.log``)."""
+    import re
+
+    log = Path(home) / "warm.log"
+    if not log.is_file():
+        return []
+    pids = []
+    for pid in dict.fromkeys(int(p) for p in re.findall(r"\(pid (\d+)\): ready", log.read_text(errors="replace"))):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"distetl.warm" in handle.read():
+                    pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def stop_warm(home: Path) -> list[int]:
+    """Stop the warm run processes of ``home`` (runs they forked go on to their end);
+    returns their pids."""
+    pids = warm_pids(home)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    return pids
