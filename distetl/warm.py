@@ -66,14 +66,17 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any]
     code = 1
     try:
         listener.close()
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # before the command may relay one
+        # Then, while errors still go to the warm process's log: a command that gave up
+        # waiting (it then ran the run itself) has closed its end, and this fails.
+        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         for fd in fds:
             if fd > 2:
                 os.close(fd)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -87,7 +90,6 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any]
 
         dask.config.refresh()  # DASK_* as the command has them (the key pins them too)
         numpy.random.seed()  # a fork shares the parent's random state
-        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
         threading.Thread(target=_watch_command, args=(conn,), name="distetl-command-watch", daemon=True).start()
         from distetl import cli
 
@@ -108,6 +110,8 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any]
 
         atexit._run_exitfuncs()
         _flush()
+    except KeyboardInterrupt:  # a Ctrl-C before the command started
+        code = 130
     except BaseException:  # noqa: BLE001 - report and end the child, never the warm process
         with contextlib.suppress(Exception):
             traceback.print_exc()
