@@ -37,7 +37,7 @@ import pytest
 
 import fixed_cost
 from benchlib import SERVICE_PIDS_ENV, Measurement
-from distetl.engine.handoff import stop_warm
+from distetl.handoff import stop_warm
 from distetl.engine.servers import retire_kept
 from report import CheckFailed
 

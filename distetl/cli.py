@@ -137,12 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
     if args.command != "run" or args.dry_run:
         return _commands(args, extra, console)
-    from distetl.engine.prefect_api import launch_early, stop_early
+    from distetl.engine.prefect_api import launch_early, quiet_prefect_env, stop_early
     from distetl.engine.runners import EarlyCluster
 
     # The run's Prefect server (unless the home's kept one runs) and its local cluster
     # start while the flow file loads and the run imports and plans what it needs; what
     # no run takes (nothing to run, bad input) is stopped here.
+    quiet_prefect_env()  # before the cluster's first worker process inherits the environment
     launch_early()
     try:
         with contextlib.suppress(DistetlError):  # a bad option is reported where it always was
@@ -451,7 +452,7 @@ def console_main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         os._exit(128 + 13)  # SIGPIPE's conventional exit status
     if warm is not None:  # for the next run on this home
-        from distetl.engine.handoff import launch
+        from distetl.handoff import launch
 
         launch(*warm)
     leave(argv, code)
@@ -466,14 +467,14 @@ def _env_defaults() -> None:
 
 
 def _hand_over(argv: Sequence[str]) -> tuple[int | None, Any]:
-    """Hand ``distetl run`` to the home's warm run process (:mod:`distetl.engine.handoff`).
+    """Hand ``distetl run`` to the home's warm run process (:mod:`distetl.handoff`).
 
     Returns:
         The run's exit code when the warm process ran it, else None and, when one
         should be started for later runs, the arguments of
-        :func:`~distetl.engine.handoff.launch`.
+        :func:`~distetl.handoff.launch`.
     """
-    from distetl.engine import handoff
+    from distetl import handoff
 
     if not handoff.applies(argv):
         return None, None

@@ -1,15 +1,17 @@
 """The warm run process: ``python -m distetl.warm NAME IDLE_S`` (started by ``distetl run``).
 
-It listens on the abstract Unix socket of :func:`distetl.engine.handoff.address`, imports
+It listens on the abstract Unix socket of :func:`distetl.handoff.address`, imports
 what a run imports (Prefect, Dask and its dashboard, pandas, pyarrow, distetl's run
 layer) once, with no thread started, then forks one child per ``distetl run`` that
-connects (:func:`distetl.engine.handoff.forward`). The child takes the command's
+connects (:func:`distetl.handoff.forward`). The child takes the command's
 terminal (its stdin, stdout and stderr arrive as file descriptors), working folder,
 environment, ``sys.argv`` and first ``sys.path`` entry, runs :func:`distetl.cli.main`
 with the command's arguments, and reports the exit code. A child whose command went away
 (killed, its terminal closed) is sent SIGTERM: the run stops cleanly, as it does on a
 service manager's SIGTERM. The process stops once no run has used it for ``IDLE_S``
-seconds, and at once when another process holds its name.
+seconds, and at once when another process holds its name. Only commands of its own user are
+served (the peer's credentials, ``SO_PEERCRED``). A child killed by a signal is reported
+to its command as 128 + N.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 import traceback
 from typing import Any
 
-from distetl.engine.handoff import address
+from distetl.handoff import address
 
 __all__ = ["main", "WARM_MODULES"]
 
@@ -39,18 +42,27 @@ WARM_MODULES = (
 )
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    fds = array.array("i")
+def _receive(conn: socket.socket, fds: list[int]) -> dict[str, Any]:
+    """Read a command's request; the file descriptors it passed go into ``fds`` (the
+    caller closes them, whatever happens)."""
     data = b""
     while not data.endswith(b"\n"):
-        chunk, ancillary, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(3 * fds.itemsize))
+        size = array.array("i").itemsize
+        chunk, ancillary, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(3 * size), socket.MSG_CMSG_CLOEXEC)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % size])
+                fds.extend(received)
         if not chunk:
             raise ConnectionError("the command went away before its request arrived")
         data += chunk
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    return json.loads(data), list(fds)
+    return json.loads(data)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
 
 
 def _watch_command(conn: socket.socket) -> None:
@@ -61,11 +73,14 @@ def _watch_command(conn: socket.socket) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any], fds: list[int],
+           others: list[socket.socket]) -> None:
     """Run one command in this forked child; never returns."""
     code = 1
     try:
         listener.close()
+        for other in others:  # the connections of the warm process's other runs
+            other.close()
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # before the command may relay one
@@ -87,8 +102,10 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any]
         sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
         import dask
         import numpy
+        import prefect.context
 
         dask.config.refresh()  # DASK_* as the command has them (the key pins them too)
+        prefect.context.refresh_global_settings_context()  # the folder's .env, prefect.toml, profiles
         numpy.random.seed()  # a fork shares the parent's random state
         threading.Thread(target=_watch_command, args=(conn,), name="distetl-command-watch", daemon=True).start()
         from distetl import cli
@@ -96,9 +113,12 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any]
         try:
             code = cli.main(argv)
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except KeyboardInterrupt:
             code = 130
+        except BrokenPipeError:  # the reader went away (`| head`): quietly, as the command does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            code = 128 + signal.SIGPIPE
         except BaseException:  # noqa: BLE001 - the command's own crash: print it as Python would
             traceback.print_exc()
             code = 1
@@ -128,13 +148,21 @@ def _flush() -> None:
             stream.flush()
 
 
-def _reap(children: set[int]) -> None:
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Reap ended children; for one a signal killed, tell its command (128 + N) -- one
+    that exited has reported its code itself."""
     for pid in list(children):
-        with contextlib.suppress(ChildProcessError):
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                continue
-        children.discard(pid)
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if not done:
+            continue
+        conn = children.pop(pid)
+        if os.WIFSIGNALED(status):
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"code": 128 + os.WTERMSIG(status)}).encode() + b"\n")
+        conn.close()
 
 
 def main(argv: list[str]) -> int:
@@ -162,7 +190,7 @@ def main(argv: list[str]) -> int:
     print(f"distetl warm process {name} (pid {os.getpid()}): ready in {time.monotonic() - started:.1f} s",
           file=sys.stderr, flush=True)
     listener.settimeout(1.0)
-    children: set[int] = set()
+    children: dict[int, socket.socket] = {}  # pid -> its command's connection
     last_used = time.monotonic()
     while True:
         _reap(children)
@@ -176,18 +204,24 @@ def main(argv: list[str]) -> int:
             continue
         last_used = time.monotonic()
         fds: list[int] = []
+        forked = False
         try:
+            if _peer_uid(conn) != os.getuid():
+                raise PermissionError("a command of another user")
             conn.settimeout(10.0)
-            request, fds = _receive(conn)
+            request = _receive(conn, fds)
             conn.settimeout(None)
             pid = os.fork()
             if pid == 0:
-                _child(listener, conn, request, fds)
-            children.add(pid)
+                _child(listener, conn, request, fds, list(children.values()))
+            children[pid] = conn
+            forked = True
         except (OSError, ValueError, ConnectionError) as exc:
-            print(f"distetl warm process {name}: a command's request failed: {exc}", file=sys.stderr, flush=True)
+            print(f"distetl warm process {name}: a command's request was refused or failed: {exc}",
+                  file=sys.stderr, flush=True)
         finally:
-            conn.close()
+            if not forked:
+                conn.close()
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -1,6 +1,6 @@
 """The warm run process: after a first ``distetl run`` on a home, later runs are handed
 to a process that has imported Prefect, Dask and pandas once and forks one child per run
-(:mod:`distetl.engine.handoff`, :mod:`distetl.warm`). The command's environment, working
+(:mod:`distetl.handoff`, :mod:`distetl.warm`). The command's environment, working
 folder, output, exit code and Ctrl-C must all be those of a run in its own process.
 Real commands, a real warm process, real runs (``DISTETL_KEEP_SERVER`` set here: the
 test session turns it off)."""
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from distetl.engine import handoff
+from distetl import handoff
 from distetl.engine.servers import retire_kept
 
 from conftest import REPO, last_run
@@ -29,6 +29,8 @@ import pandas as pd
 from distetl import IdRange, Pipeline
 
 if multiprocessing.parent_process() is None:  # the driver, not a Dask worker
+    if os.environ.get("KILL_DRIVER"):
+        os.kill(os.getpid(), 9)
     with open(os.environ["WHO"], "a") as handle:
         handle.write(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "mark": os.environ.get("MARK"),
                                  "cwd": os.getcwd()}) + "\\n")
@@ -123,6 +125,31 @@ def test_later_runs_go_to_the_warm_process_with_their_env_folder_output_and_exit
         _, err = refused.communicate(timeout=120)
         assert refused.returncode == 2 and "Fix:" in err and "nosuch.py" in err, err
         assert not (work / "out4").exists()
+
+        # A run killed by a signal: its command exits 128 + N, as if it had run itself.
+        killed = _start(["run", str(flow), "--output", "out5"], _env(tmp_path, KILL_DRIVER="1"), work)
+        _, err = killed.communicate(timeout=120)
+        assert killed.returncode == 128 + signal.SIGKILL, (killed.returncode, err)
+
+        # Another user's command is refused (the peer's credentials): nothing runs. (As
+        # root, a forked process of this test becomes `nobody`; this harness runs as root.)
+        runs = len(_who(tmp_path))
+        assert os.getuid() == 0, "Expected to run as root (to act as another user); got another uid"
+        name = re.findall(r"warm process (\w+) \(pid \d+\): ready", (home / "warm.log").read_text())[-1]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked process
+            try:
+                os.chdir("/")
+                os.setuid(65534)
+                os.write(write, repr(handoff.forward(name, ["run", str(flow), "--output", "/tmp/x"], {})).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        assert os.read(read, 100).decode() == "None", "another user's command was not refused"
+        os.close(read)
+        assert len(_who(tmp_path)) == runs and "refused" in (home / "warm.log").read_text()
     finally:
         _cleanup(home, warm)
 

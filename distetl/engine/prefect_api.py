@@ -26,7 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from distetl.engine.servers import client, kept_lock, kept_server, live_servers, record_kept, registered, running_ui
+from distetl.engine.servers import (client, kept_lock, kept_server, live_servers, pid_alive, record_kept, registered,
+                                    running_ui)
 from distetl.errors import ConfigError
 from distetl.state.results import PHASES, describe_warnings
 
@@ -237,24 +238,14 @@ def wait_answering(url: str, running: Any, home: Path, timeout: float = 90.0) ->
     )
 
 
-def _pid_running(pid: int) -> Any:
-    def running() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    return running
-
-
 def _kept(database: Path, uses: contextlib.ExitStack, launch: bool) -> tuple[str, int, float] | None:
     """Register this process (in ``uses``) as a client of the kept server on
-    ``database`` and return its URL, pid and idle seconds, launching one when none runs and ``launch``;
-    None (and no registration) when none runs and not ``launch``."""
+    ``database`` and return its URL, pid and idle seconds, launching one when none runs
+    and ``launch``. None (and no registration) when none runs and not ``launch``, or when
+    a ``distetl ui`` is recorded on the database (the run reports there)."""
     with kept_lock(database):
+        if any(r.get("role") == "ui" for r in live_servers(database)):
+            return None  # a `distetl ui` took the database: report there
         record = kept_server(database)
         if record is None and not launch:
             return None
@@ -354,9 +345,15 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
             if kept is not None:
                 if early is not None:
                     early.stop()
-                url = wait_answering(kept[0], _pid_running(kept[1]), database)
+                try:
+                    url = wait_answering(kept[0], lambda: pid_alive(kept[1]), database)
+                except BaseException:
+                    registration.close()
+                    raise
                 EMBEDDED_URLS.add(url)
                 KEPT_URLS[url] = kept[2]
+            elif early is None:
+                url = running_ui(database) or ""  # one registered meanwhile
         if not url:
             server = early or EmbeddedServer(database)
             registration.enter_context(registered(database, server.url, "run"))

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-__all__ = ["live_servers", "registered", "running_ui", "client", "live_clients", "kept_lock", "kept_server",
+__all__ = ["live_servers", "registered", "running_ui", "pid_alive", "client", "live_clients", "kept_lock", "kept_server",
            "record_kept", "retire_kept", "retire_when_idle", "KEPT"]
 
 #: The role of a kept server's record.
@@ -40,6 +40,11 @@ KEPT = "kept"
 
 def _servers_dir(home: Path) -> Path:
     return Path(home) / "servers"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    return _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -173,8 +178,10 @@ def _kept_path(home: Path, pid: int) -> Path:
 
 
 def kept_server(home: Path) -> Optional[dict[str, Any]]:
-    """The record of the live kept server on the database under ``home``, or None."""
-    return next((r for r in live_servers(home) if r.get("role") == KEPT), None)
+    """The record of the live kept server on the database under ``home`` started on this
+    host (a home shared by several hosts has one per host at most), or None."""
+    here = socket.gethostname()
+    return next((r for r in live_servers(home) if r.get("role") == KEPT and r.get("host") == here), None)
 
 
 def record_kept(home: Path, url: str, pid: int, idle_s: float) -> None:
@@ -184,14 +191,20 @@ def record_kept(home: Path, url: str, pid: int, idle_s: float) -> None:
                                    "host": socket.gethostname(), "started": time.time(), "idle_s": idle_s})
 
 
-def retire_kept(home: Path, timeout: float = 20.0) -> bool:
+def retire_kept(home: Path, timeout: float = 20.0, locked: bool = False) -> bool:
     """Stop the kept server on ``home`` if no live process uses it.
+
+    Args:
+        home: The database's folder.
+        timeout: Seconds to wait for it to stop (then it is killed).
+        locked: The caller holds :func:`kept_lock` (a second lock in one process would
+            wait for itself).
 
     Returns:
         True if none is left running (there was none, or it stopped); False if a live
         process still uses it.
     """
-    with kept_lock(home):
+    with contextlib.nullcontext() if locked else kept_lock(home):
         record = kept_server(home)
         if record is None:
             return True

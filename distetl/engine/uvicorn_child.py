@@ -39,8 +39,10 @@ def _watch_parent() -> None:
 def _watch_use(home: str, idle_s: float) -> None:
     from distetl.engine.servers import retire_when_idle
 
-    retire_when_idle(Path(home), idle_s)
-    os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        retire_when_idle(Path(home), idle_s)
+    finally:  # idle, or its home is gone: either way the server stops
+        os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(GRACE_SECONDS)
     os._exit(0)
 

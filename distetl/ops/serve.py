@@ -223,27 +223,33 @@ def _prefect_server(port: Optional[int], console: Console) -> Iterator[Any]:
                 "start`), or unset it to let serve start its own")
         yield given, None
         return
-    from distetl.engine.servers import live_clients, live_servers, registered, retire_kept
+    from distetl.engine.servers import kept_lock, live_clients, live_servers, registered, retire_kept
 
     home = state_home() / "prefect"
-    if not retire_kept(home):  # an idle kept server makes way for serve's
-        raise ConfigError(
-            f"no other Prefect server on distetl's database {home / 'prefect.db'} (SQLite takes one server)",
-            f"distetl's kept server for runs, in use by a running `distetl run` (pids "
-            f"{', '.join(map(str, live_clients(home)))})",
-            "start serve when that run has finished, or point PREFECT_API_URL at a server with its services on "
-            "(`distetl cluster up`)")
-    for record in live_servers(home):
-        what = (f"`distetl ui` (pid {record['pid']}, {record.get('ui_url')})" if record.get("role") == "ui"
-                else f"the server of a running `distetl run` (pid {record['pid']}, API {record.get('url')})")
-        raise ConfigError(
-            f"no other Prefect server on distetl's database {home / 'prefect.db'} (SQLite takes one server; "
-            "serve's server has the UI on and runs the scheduler)", what,
-            "stop it and start serve again (serve's server serves the UI too), or point PREFECT_API_URL at a "
-            "server with its services on (`distetl cluster up`)")
-    server = EmbeddedServer(home, port=port, ui=True, tied=True, all_services=True)
-    ui_url = server.url[: -len("/api")]
-    with registered(home, server.url, "ui", ui_url=ui_url):  # runs on this home report here
+    # From the kept server's retirement to serve's record, under the lock runs take to
+    # find or launch a kept server: none can slip in between.
+    with contextlib.ExitStack() as locked:
+        locked.enter_context(kept_lock(home))
+        if not retire_kept(home, locked=True):  # an idle kept server makes way for serve's
+            raise ConfigError(
+                f"no other Prefect server on distetl's database {home / 'prefect.db'} (SQLite takes one server)",
+                f"distetl's kept server for runs, in use by a running `distetl run` (pids "
+                f"{', '.join(map(str, live_clients(home)))})",
+                "start serve when that run has finished, or point PREFECT_API_URL at a server with its services "
+                "on (`distetl cluster up`)")
+        for record in live_servers(home):
+            what = (f"`distetl ui` (pid {record['pid']}, {record.get('ui_url')})" if record.get("role") == "ui"
+                    else f"the server of a running `distetl run` (pid {record['pid']}, API {record.get('url')})")
+            raise ConfigError(
+                f"no other Prefect server on distetl's database {home / 'prefect.db'} (SQLite takes one server; "
+                "serve's server has the UI on and runs the scheduler)", what,
+                "stop it and start serve again (serve's server serves the UI too), or point PREFECT_API_URL at a "
+                "server with its services on (`distetl cluster up`)")
+        server = EmbeddedServer(home, port=port, ui=True, tied=True, all_services=True)
+        ui_url = server.url[: -len("/api")]
+        registration = contextlib.ExitStack()  # runs on this home report to serve's server
+        registration.enter_context(registered(home, server.url, "ui", ui_url=ui_url))
+    with registration:
         try:
             url = server.start()
         except BaseException:

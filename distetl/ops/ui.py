@@ -22,7 +22,7 @@ import socket
 import threading
 from typing import Any
 
-from distetl.engine.servers import live_clients, live_servers, registered, retire_kept, running_ui
+from distetl.engine.servers import kept_lock, live_clients, live_servers, registered, retire_kept, running_ui
 from distetl.errors import ConfigError
 
 __all__ = ["add_ui_parser", "live_servers", "registered", "running_ui", "ui_command"]
@@ -65,7 +65,12 @@ def ui_command(args: Any, console: Any) -> int:
     quiet_prefect_env()
     home = state_home() / "prefect"
     host, port = args.host, args.port
-    if not retire_kept(home):
+    # From the kept server's retirement to this UI's record, under the lock runs take to
+    # find or launch a kept server: none can slip in between.
+    locked = contextlib.ExitStack()
+    locked.enter_context(kept_lock(home))
+    if not retire_kept(home, locked=True):
+        locked.close()
         raise ConfigError(
             f"no other Prefect server on the database {home / 'prefect.db'} (SQLite takes one server at a time)",
             "distetl's kept server for runs, in use by a running `distetl run` (pids "
@@ -74,6 +79,7 @@ def ui_command(args: Any, console: Any) -> int:
             "started while `distetl ui` is up report to the UI's server, so start it first next time",
         )
     for record in live_servers(home):
+        locked.close()
         if record.get("role") == "ui":
             raise ConfigError(
                 f"one `distetl ui` on {home}", f"one already serving at {record.get('ui_url')} (pid {record['pid']})",
@@ -86,6 +92,7 @@ def ui_command(args: Any, console: Any) -> int:
             "to the UI's server, so start it first next time",
         )
     if not _port_free(host, port):
+        locked.close()
         raise ConfigError(f"port {port} free on {host}", "something listens there",
                           f"pass another port: distetl ui --port {port + 1}")
     connect = "127.0.0.1" if host in _WILDCARD or host in _LOOPBACK else host
@@ -105,6 +112,7 @@ def ui_command(args: Any, console: Any) -> int:
     try:
         # Recorded before it starts: a run starting meanwhile waits for it, not a server of its own.
         with registered(home, server.url, "ui", None, ui_url):
+            locked.close()
             url = server.start()
             print(f"prefect UI:  {ui_url}", flush=True)
             print(f"prefect API: {url}", flush=True)
@@ -118,6 +126,7 @@ def ui_command(args: Any, console: Any) -> int:
                                       "check the log above")
                 stop.wait(0.5)
     finally:
+        locked.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server.stop()

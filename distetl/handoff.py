@@ -10,11 +10,13 @@ child's exit code. The child runs the very same command (:func:`distetl.cli.main
 output, exit codes, stops and records are those of a run in the command's own process.
 
 The process is found by an abstract Unix socket whose name is a hash of what its imports
-depend on (:func:`key`): the Python executable, the home, the environment variables read
-at import time (``PREFECT_*``, ``DASK_*``, ``PYTHON*``, ``DISTETL_*``…) and the files of
-distetl, Prefect, Dask, pandas and pyarrow. Change any of them (a ``pip install``, an
-edit of distetl, another ``PREFECT_LOGGING_LEVEL``) and the next run finds none, runs in
-its own process and starts a fresh one; the old one stops once idle. It stops once no run
+and its process depend on (:func:`key`): the Python executable, version and flags, the
+home and user, the environment variables read at import time (``PREFECT_*``, ``DASK_*``,
+``PYTHON*``…), the process's cgroup, CPU affinity, umask and limits, site-packages'
+listing and the files of distetl, Prefect, Dask, pandas and pyarrow. Change any of them
+(a ``pip install``, an edit of distetl, another ``PREFECT_LOGGING_LEVEL``, another batch
+job) and the next run finds none, runs in its own process and starts a fresh one; the old
+one stops once idle. The warm process serves its own user's commands only. It stops once no run
 has used it for ``DISTETL_KEEP_SERVER`` seconds, as the kept Prefect server does
 (:func:`distetl.engine.prefect_api.keep_seconds`); 0 turns both off.
 """
@@ -36,10 +38,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 __all__ = ["key", "address", "forward", "launch", "applies", "stop_warm", "warm_pids", "IMPORT_TIME_ENV"]
 
-#: Environment variables read at import time by distetl and the libraries the warm
-#: process imports: a different value means another warm process.
-IMPORT_TIME_ENV = ("PREFECT_", "DASK_", "DISTETL_", "PYTHON", "ARROW_", "OMP_", "MKL_", "OPENBLAS_", "MALLOC_",
-                   "LD_", "TZ", "LANG", "LC_")
+#: Environment variables read at import time by the libraries the warm process imports
+#: (prefixes): a different value means another warm process. Prefect's settings are
+#: read again in each child (with its folder's ``.env`` and ``prefect.toml``).
+IMPORT_TIME_ENV = ("PREFECT_", "DASK_", "PYTHON", "ARROW_", "OMP_", "MKL_", "OPENBLAS_", "MALLOC_", "LD_", "TZ",
+                   "LANG", "LC_", "HOME")
+
+#: distetl's own variables that name the warm process (the others are read per run).
+DISTETL_ENV = ("DISTETL_HOME", "DISTETL_KEEP_SERVER")
 
 #: Packages whose files make up the warm process's code (with distetl itself).
 PACKAGES = ("prefect", "prefect_dask", "distributed", "dask", "pandas", "pyarrow", "numpy")
@@ -70,13 +76,43 @@ def _code_stamp() -> str:
     return ";".join(stamps)
 
 
+def _process_context() -> str:
+    """What the operating system gives a process that a forked child would not get from
+    the command: its cgroup (a batch job's), CPU affinity, umask and resource limits."""
+    import resource
+
+    parts = []
+    with contextlib.suppress(OSError):
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as handle:
+            parts.append(handle.read())
+    with contextlib.suppress(AttributeError, OSError):
+        parts.append(str(sorted(os.sched_getaffinity(0))))
+    mask = os.umask(0)
+    os.umask(mask)
+    parts.append(oct(mask))
+    for limit in ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_NOFILE", "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_STACK"):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            parts.append(f"{limit}={resource.getrlimit(getattr(resource, limit))}")
+    return "\0".join(parts)
+
+
 def key(home: Path, env: Mapping[str, str]) -> str:
-    """The warm process a command with ``env`` on ``home`` may hand its run to."""
+    """The warm process a command with ``env`` on ``home`` may hand its run to: a hash of
+    the interpreter (executable, version, flags), the home, the environment read at import
+    time, the process's OS context (:func:`_process_context`) and the code
+    (:func:`_code_stamp`)."""
+    import sysconfig
+
     digest = hashlib.sha256()
-    digest.update(f"{sys.executable}\0{sys.version}\0{Path(home).resolve()}\0{os.getuid()}\0".encode())
+    digest.update(f"{sys.executable}\0{sys.version}\0{sys.flags}\0{sys.warnoptions}\0{sys._xoptions}\0".encode())
+    digest.update(f"{Path(home).resolve()}\0{os.getuid()}\0{os.getgid()}\0{os.getgroups()}\0".encode())
     for name in sorted(env):
-        if name.startswith(IMPORT_TIME_ENV):
+        if name.startswith(IMPORT_TIME_ENV) or name in DISTETL_ENV:
             digest.update(f"{name}={env[name]}\0".encode())
+    digest.update(_process_context().encode())
+    for folder in dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]):
+        with contextlib.suppress(OSError):  # an install or uninstall changes its listing
+            digest.update(f"{folder}:{os.stat(folder).st_mtime_ns}\0".encode())
     digest.update(_code_stamp().encode())
     return digest.hexdigest()[:32]
 
@@ -115,22 +151,22 @@ def forward(name: str, argv: Sequence[str], env: Mapping[str, str]) -> Optional[
     """Hand ``distetl ARGV`` to the warm process ``name``; its exit code, or None when
     no such process takes it (the caller then runs the command itself)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(address(name))
-    except OSError:
-        sock.close()
-        return None
     request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(env), "path0": sys.path[0] if sys.path else "",
                "executable": sys.executable}
     try:
+        sock.settimeout(ACCEPT_TIMEOUT)
+        sock.connect(address(name))
         sock.sendmsg([json.dumps(request).encode() + b"\n"],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-        sock.settimeout(ACCEPT_TIMEOUT)
         replies = _lines(sock)
         first = next(replies, None)
     except (OSError, ValueError):
         sock.close()
         return None
+    except KeyboardInterrupt:  # before the run started: it will not (its child sees the socket close)
+        sock.close()
+        print("interrupted before the run started", file=sys.stderr, flush=True)
+        return 130
     if not first or "pid" not in first:
         sock.close()
         return None
@@ -153,8 +189,8 @@ def forward(name: str, argv: Sequence[str], env: Mapping[str, str]) -> Optional[
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sock.close()
-    print(f"error: Expected distetl's warm run process (pid {pid}) to report the run's exit code; got none: it "
-          "ended without one. Fix: rerun (committed chunks are skipped); set DISTETL_KEEP_SERVER=0 to run in "
+    print(f"error: Expected the run (pid {pid}, in distetl's warm run process) to report its exit code; got none: "
+          "it ended without one. Fix: rerun (committed chunks are skipped); set DISTETL_KEEP_SERVER=0 to run in "
           "the command's own process", file=sys.stderr, flush=True)
     return 1
 
