@@ -49,9 +49,9 @@ def _wait_gone(pid: int, seconds: float) -> float:
     raise AssertionError(f"Expected process {pid} to stop within {seconds} s; got it still running")
 
 
-def test_later_runs_report_to_the_kept_server_and_ui_takes_it_over(tmp_path, flow_file, monkeypatch):
+def test_later_runs_report_to_the_kept_server_and_ui_takes_it_over(tmp_path, flow_file, monkeypatch, migrated_home):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    home = tmp_path / "home"
+    home = migrated_home
     database = (home / "prefect").resolve()
     env = {"DISTETL_HOME": str(home), "DISTETL_KEEP_SERVER": ""}  # empty: the default, 600 s
     flow = flow_file(FLOW)
@@ -102,16 +102,16 @@ def test_later_runs_report_to_the_kept_server_and_ui_takes_it_over(tmp_path, flo
         retire_kept(database)
 
 
-def test_it_stops_after_its_idle_time_and_never_while_used(tmp_path, monkeypatch):
+def test_it_stops_after_its_idle_time_and_never_while_used(tmp_path, monkeypatch, migrated_home):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("DISTETL_KEEP_SERVER", "2")
-    home = tmp_path / "home"
+    home = migrated_home
     database = home / "prefect"
     try:
         with prefect_api.prefect_api(home) as url:
             record = kept_server(database)
             assert record is not None and record["url"] == url and record["idle_s"] == 2.0
-            time.sleep(4.0)  # twice its idle time, but this process uses it
+            time.sleep(3.0)  # past its idle time, but this process uses it
             assert prefect_api.api_healthy(url), "a kept server in use does not stop"
             assert live_clients(database) == [os.getpid()]
         assert live_clients(database) == []
@@ -124,9 +124,9 @@ def test_it_stops_after_its_idle_time_and_never_while_used(tmp_path, monkeypatch
         retire_kept(database)
 
 
-def test_runs_starting_at_once_share_one_kept_server(tmp_path, flow_file, monkeypatch):
+def test_runs_starting_at_once_share_one_kept_server(tmp_path, flow_file, monkeypatch, migrated_home):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    home = tmp_path / "home"
+    home = migrated_home
     database = (home / "prefect").resolve()
     env = {**os.environ, "DISTETL_HOME": str(home), "DISTETL_KEEP_SERVER": "30"}
     flow = flow_file(FLOW)

@@ -87,9 +87,10 @@ def _cleanup(home: Path, pids: list[int]) -> None:
     assert handoff.warm_pids(home) == []
 
 
-def test_later_runs_go_to_the_warm_process_with_their_env_folder_output_and_exit_codes(tmp_path, flow_file):
+def test_later_runs_go_to_the_warm_process_with_their_env_folder_output_and_exit_codes(tmp_path, flow_file,
+                                                                                      migrated_home):
     flow = flow_file(FLOW.replace("stop=N", "stop=3"))
-    home = tmp_path / "home"
+    home = migrated_home  # tmp_path / "home", its Prefect database made
     work = tmp_path / "work"
     work.mkdir()
     warm: list[int] = []
@@ -154,9 +155,9 @@ def test_later_runs_go_to_the_warm_process_with_their_env_folder_output_and_exit
         _cleanup(home, warm)
 
 
-def test_ctrl_c_reaches_the_run_in_the_warm_process_and_a_lost_command_stops_it(tmp_path, flow_file):
+def test_ctrl_c_reaches_the_run_in_the_warm_process_and_a_lost_command_stops_it(tmp_path, flow_file, migrated_home):
     flow = flow_file(FLOW.replace("stop=N", "stop=40"))
-    home = tmp_path / "home"
+    home = migrated_home
     warm: list[int] = []
     try:
         first = _start(["run", str(flow), "--output", str(tmp_path / "warmup"), "--no-progress"],
