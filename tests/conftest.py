@@ -124,3 +124,26 @@ def cli(*args: str, env: dict | None = None, timeout: float = 300):
         [sys.executable, "-m", "distetl.cli", *args], capture_output=True, text=True,
         env=full_env, timeout=timeout, cwd=str(REPO),
     )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A safety net: stop the warm run processes and kept Prefect servers this session's
+    runs left (tests stop theirs; one a failed test left would idle for minutes)."""
+    import signal
+
+    marker = str(_HOME).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        if (b"distetl.warm" in cmdline or b"--keep" in cmdline) and marker in environ:
+            try:
+                os.kill(int(entry), signal.SIGTERM)
+            except ProcessLookupError:
+                pass

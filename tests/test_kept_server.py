@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from distetl import handoff
 from distetl.engine import prefect_api
 from distetl.engine.servers import client, kept_server, live_clients, retire_kept
 
@@ -99,6 +100,7 @@ def test_later_runs_report_to_the_kept_server_and_ui_takes_it_over(tmp_path, flo
             ui.communicate(timeout=60)
         assert _servers_on(database) == []
     finally:
+        handoff.stop_warm(home)  # the first run left a warm run process too (the default)
         retire_kept(database)
 
 
@@ -142,6 +144,7 @@ def test_runs_starting_at_once_share_one_kept_server(tmp_path, flow_file, monkey
         apis = {last_run(tmp_path / f"out{i}", "kept")[0]["prefect_api"] for i in range(2)}
         assert apis == {record["url"]}
     finally:
+        handoff.stop_warm(home)
         assert retire_kept(database)
     assert _servers_on(database) == []
 
