@@ -137,20 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_or_status(args: argparse.Namespace, extra: Sequence[str], console: Console) -> int:
     if args.command != "run" or args.dry_run:
         return _commands(args, extra, console)
-    from distetl.engine.prefect_api import launch_early, quiet_prefect_env, stop_early
-    from distetl.engine.runners import EarlyCluster
+    from distetl.engine.prefect_api import launch_early, stop_early
 
-    # The run's Prefect server (unless the home's kept one runs) and its local cluster
-    # start while the flow file loads and the run imports and plans what it needs; what
-    # no run takes (nothing to run, bad input) is stopped here.
-    quiet_prefect_env()  # before the cluster's first worker process inherits the environment
+    # The run's Prefect server (unless the home's kept one runs) starts while the flow
+    # file loads and the run imports and plans what it needs; one no run takes (nothing
+    # to run, bad input) is stopped here.
     launch_early()
     try:
-        with contextlib.suppress(DistetlError):  # a bad option is reported where it always was
-            EarlyCluster.launch(_runner_spec(args))
         return _commands(args, extra, console)
     finally:
-        EarlyCluster.close_launched()
         stop_early()
 
 

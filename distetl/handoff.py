@@ -203,7 +203,7 @@ def launch(name: str, home: Path, env: Mapping[str, str], idle_s: float) -> None
     with contextlib.suppress(OSError):
         home.mkdir(parents=True, exist_ok=True)
         with open(home / "warm.log", "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "distetl.warm", name, repr(idle_s)], env=dict(env),
+            subprocess.Popen([sys.executable, "-m", "distetl.warm", name, repr(idle_s), str(home)], env=dict(env),
                              cwd=str(home), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True, close_fds=True)
 

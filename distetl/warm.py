@@ -9,7 +9,8 @@ environment, ``sys.argv`` and first ``sys.path`` entry, runs :func:`distetl.cli.
 with the command's arguments, and reports the exit code. A child whose command went away
 (killed, its terminal closed) is sent SIGTERM: the run stops cleanly, as it does on a
 service manager's SIGTERM. The process stops once no run has used it for ``IDLE_S``
-seconds, and at once when another process holds its name. Only commands of its own user are
+seconds, at once when another process holds its name, and once its runs have ended when
+a newer warm process of the same home (another distetl, Python or environment) is ready. Only commands of its own user are
 served (the peer's credentials, ``SO_PEERCRED``). A child killed by a signal is reported
 to its command as 128 + N.
 """
@@ -27,9 +28,10 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
-from distetl.handoff import address
+from distetl.handoff import address, warm_pids
 
 __all__ = ["main", "WARM_MODULES"]
 
@@ -81,7 +83,7 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict[str, Any]
         listener.close()
         for other in others:  # the connections of the warm process's other runs
             other.close()
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # before the command may relay one
         # Then, while errors still go to the warm process's log: a command that gave up
@@ -166,10 +168,15 @@ def _reap(children: dict[int, socket.socket]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Serve runs for the warm process ``argv[0]`` until idle for ``argv[1]`` seconds."""
+    """Serve runs for the warm process ``argv[0]`` until idle for ``argv[1]`` seconds;
+    ``argv[2]`` is its home, whose older warm processes it retires (SIGUSR1: they stop
+    once their runs have ended)."""
     name, idle_s = argv[0], float(argv[1])
+    home = Path(argv[2]) if len(argv) > 2 else Path.cwd()
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    retired: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: retired.append(signum))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(address(name))
@@ -187,8 +194,12 @@ def main(argv: list[str]) -> int:
         print(f"distetl warm process {name}: imports started threads {threads}; forking is unsafe, stopping",
               file=sys.stderr, flush=True)
         return 1
+    older = [pid for pid in warm_pids(home) if pid != os.getpid()]
     print(f"distetl warm process {name} (pid {os.getpid()}): ready in {time.monotonic() - started:.1f} s",
           file=sys.stderr, flush=True)
+    for pid in older:  # for an older distetl, Python or environment: no run will pick them
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
     listener.settimeout(1.0)
     children: dict[int, socket.socket] = {}  # pid -> its command's connection
     last_used = time.monotonic()
@@ -196,7 +207,7 @@ def main(argv: list[str]) -> int:
         _reap(children)
         if children:
             last_used = time.monotonic()
-        elif time.monotonic() - last_used > idle_s:
+        elif retired or time.monotonic() - last_used > idle_s:
             return 0
         try:
             conn, _ = listener.accept()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distetl import handoff
-from distetl.engine.servers import retire_kept
+from distetl.engine.servers import pid_alive, retire_kept
 
 from conftest import REPO, last_run
 
@@ -79,10 +79,10 @@ def _warm_pid(home: Path, timeout: float = 90) -> int:
 
 def _cleanup(home: Path, pids: list[int]) -> None:
     stopped = handoff.stop_warm(home)
-    assert set(pids) <= set(stopped), (pids, stopped)
+    assert {p for p in pids if pid_alive(p)} <= set(stopped), (pids, stopped)
     retire_kept(home / "prefect")
     deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() for pid in stopped) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in stopped) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert handoff.warm_pids(home) == []
 
@@ -150,6 +150,17 @@ def test_later_runs_go_to_the_warm_process_with_their_env_folder_output_and_exit
         os.waitpid(pid, 0)
         assert os.read(read, 100).decode() == "None", "another user's command was not refused"
         os.close(read)
+
+        # A newer warm process of the same home (say, after an edit of distetl) retires
+        # the older one once it is ready.
+        handoff.launch("0" * 32, home, _env(tmp_path), 60.0)
+        deadline = time.monotonic() + 90
+        while (_warm_pid(home) == warm[0] or handoff.warm_pids(home) != [_warm_pid(home)]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        newer = _warm_pid(home)
+        assert newer != warm[0] and handoff.warm_pids(home) == [newer], handoff.warm_pids(home)
+        warm.append(newer)
         assert len(_who(tmp_path)) == runs and "refused" in (home / "warm.log").read_text()
     finally:
         _cleanup(home, warm)
@@ -180,14 +191,14 @@ def test_ctrl_c_reaches_the_run_in_the_warm_process_and_a_lost_command_stops_it(
                 assert proc.returncode == 130, err
                 assert "stopped by SIGINT" in err and "Traceback" not in err, err
             deadline = time.monotonic() + 60
-            while Path(f"/proc/{child['pid']}").exists() and time.monotonic() < deadline:
+            while pid_alive(child['pid']) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert not Path(f"/proc/{child['pid']}").exists(), f"the run's process stops ({how})"
+            assert not pid_alive(child['pid']), f"the run's process stops ({how})"
             manifest, records = last_run(out, "warm")
             assert manifest["interrupted"] == ("SIGINT" if how == "ctrl-c" else "SIGTERM"), manifest
             assert manifest["flow_state"] == "CANCELLED"
             assert 0 < sum(r["status"] == "written" for r in records) < 40
-        assert Path(f"/proc/{warm[0]}").exists(), "the warm process itself goes on"
+        assert pid_alive(warm[0]), "the warm process itself goes on"
     finally:
         _cleanup(home, warm)
 

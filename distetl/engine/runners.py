@@ -656,29 +656,24 @@ def probe_cluster(address: str, timeout: float, pipeline: Any = None,
 
 
 class EarlyCluster:
-    """A local Dask cluster started in a thread while the run gets ready.
+    """A local Dask cluster started in a thread while the run's Prefect server starts.
 
-    ``distetl run`` launches one as the command starts (:meth:`launch`, one worker
-    process: it starts while the flow file loads and the run imports and plans); the run
-    takes it (:meth:`take`) and scales it to the workers its chunks need. A run that
-    finds none starts one after planning, beside its Prefect server's start. Worker
-    processes ignore the terminal's Ctrl-C (:func:`local_cluster`); the driver's handler
-    stays, so a Ctrl-C while the cluster starts stops the run.
+    A run's fixed cost used to be the server's start, then the cluster's start, one after
+    the other; started side by side they cost the longer of the two (with the home's
+    kept server up, the cluster's start alone). Worker processes ignore the terminal's
+    Ctrl-C (:func:`local_cluster`); the driver's handler stays, so a Ctrl-C while the
+    cluster starts stops the run.
 
     Args:
         spec: A ``local`` runner spec without cluster options.
         chunks: Chunks to run: no more worker processes than that are started.
     """
 
-    #: The cluster :meth:`launch` started ahead of its run, with its spec.
-    _launched: Optional["EarlyCluster"] = None
-
     def __init__(self, spec: "RunnerSpec", chunks: int):
         self.spec = spec
         self.cluster: Any = None
         self.error: Optional[BaseException] = None
-        self.wanted = self._workers(chunks)
-        self._lock = threading.Lock()
+        self.wanted = max(1, min(spec.n_workers, chunks))
         self._thread = threading.Thread(target=self._start, args=(self.wanted,),
                                         name="distetl-early-cluster", daemon=True)
         self._thread.start()
@@ -689,56 +684,17 @@ class EarlyCluster:
         return spec.kind == "local" and not spec.cluster_options and not spec.adapt
 
     @classmethod
-    def launch(cls, spec: "RunnerSpec") -> bool:
-        """Start a one-worker cluster for a run that will take it (:meth:`take`);
-        returns whether one was started (the spec :meth:`applies`)."""
-        if not cls.applies(spec) or cls._launched is not None:
-            return False
-        cls._launched = cls(spec, 1)
-        return True
-
-    @classmethod
     def take(cls, spec: "RunnerSpec", chunks: int) -> Optional["EarlyCluster"]:
-        """The cluster for a run of ``chunks`` chunks on ``spec``: the launched one
-        (scaled to the workers they need) when its spec is this one, else a new one;
-        None when the spec does not apply."""
-        launched, cls._launched = cls._launched, None
-        if launched is not None and launched.spec == spec:
-            launched.want(chunks)
-            return launched
-        if launched is not None:
-            launched.close()
+        """The cluster for a run of ``chunks`` chunks on ``spec``, started now; None
+        when the spec does not apply."""
         return cls(spec, chunks) if cls.applies(spec) else None
-
-    @classmethod
-    def close_launched(cls) -> None:
-        """Close a launched cluster no run took (nothing to run, bad input)."""
-        launched, cls._launched = cls._launched, None
-        if launched is not None:
-            launched.close()
-
-    def _workers(self, chunks: int) -> int:
-        return max(1, min(self.spec.n_workers, chunks))
 
     def _start(self, n_workers: int) -> None:
         try:
-            cluster = local_cluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=":0")
-            with self._lock:
-                self.cluster = cluster
-                if self.wanted > n_workers:
-                    cluster.scale(self.wanted)
+            self.cluster = local_cluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                         host="127.0.0.1", dashboard_address=":0")
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self.error = exc
-
-    def want(self, chunks: int) -> None:
-        """Scale to the workers ``chunks`` chunks need (at once, or as it comes up)."""
-        with self._lock:
-            wanted = self._workers(chunks)
-            if wanted > self.wanted:
-                self.wanted = wanted
-                if self.cluster is not None:
-                    self.cluster.scale(wanted)
 
     def task_runner(self, stop: Any = None, timeout: float = 120.0) -> Any:
         """A Prefect task runner on the started cluster (waits for it and its workers).
