@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from distetl.engine.servers import (client, kept_lock, kept_server, live_servers, pid_alive, record_kept, registered,
                                     running_ui)
@@ -238,7 +238,14 @@ def wait_answering(url: str, running: Any, home: Path, timeout: float = 90.0) ->
     )
 
 
-def _kept(database: Path, uses: contextlib.ExitStack, launch: bool) -> tuple[str, int, float] | None:
+class _Kept(NamedTuple):
+    url: str
+    pid: int
+    idle_s: float
+    launched: bool  # by this call
+
+
+def _kept(database: Path, uses: contextlib.ExitStack, launch: bool) -> _Kept | None:
     """Register this process (in ``uses``) as a client of the kept server on
     ``database`` and return its URL, pid and idle seconds, launching one when none runs
     and ``launch``. None (and no registration) when none runs and not ``launch``, or when
@@ -251,14 +258,14 @@ def _kept(database: Path, uses: contextlib.ExitStack, launch: bool) -> tuple[str
             return None
         uses.enter_context(client(database))
         if record is not None:
-            return str(record["url"]), int(record["pid"]), float(record.get("idle_s") or 0)
+            return _Kept(str(record["url"]), int(record["pid"]), float(record.get("idle_s") or 0), False)
         seconds = keep_seconds()
         server = EmbeddedServer(database, keep=seconds)
         server.launch()
         assert server.process is not None
         _KEPT_PROCESSES.append(server.process)
         record_kept(database, server.url, server.process.pid, seconds)
-        return server.url, server.process.pid, seconds
+        return _Kept(server.url, server.process.pid, seconds, True)
 
 
 #: Servers launched ahead of their run by :func:`launch_early`, by database folder.
@@ -288,9 +295,9 @@ def launch_early(home: Path | None = None) -> bool:
     if database in _EARLY or any(r.get("role") == "ui" for r in live_servers(database)):
         return False
     launch = keep_seconds() > 0
-    found = kept_server(database)
-    if found is not None or launch:
-        return _kept(database, _EARLY_USES, launch) is not None and found is None
+    kept = _kept(database, _EARLY_USES, launch)
+    if kept is not None or launch:  # launch and no kept server: a `distetl ui` took the database
+        return kept is not None and kept.launched
     server = EmbeddedServer(database)
     server.launch()
     _EARLY[database] = server
@@ -346,12 +353,12 @@ def prefect_api(home: Path | None = None, connect_timeout: float = 10.0) -> Iter
                 if early is not None:
                     early.stop()
                 try:
-                    url = wait_answering(kept[0], lambda: pid_alive(kept[1]), database)
+                    url = wait_answering(kept.url, lambda: pid_alive(kept.pid), database)
                 except BaseException:
                     registration.close()
                     raise
                 EMBEDDED_URLS.add(url)
-                KEPT_URLS[url] = kept[2]
+                KEPT_URLS[url] = kept.idle_s
             elif early is None:
                 url = running_ui(database) or ""  # one registered meanwhile
         if not url:

@@ -61,23 +61,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def live_servers(home: Path) -> list[dict[str, Any]]:
-    """The servers recorded on the database under ``home`` whose process still runs
-    (records of dead processes are removed)."""
+def _live_records(folder: Path, pid_keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The JSON records in ``folder`` (sorted by name) of which a process named under
+    ``pid_keys`` still runs; records of this host's dead processes are removed."""
     out = []
-    folder = _servers_dir(home)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        pids = [record.get("pid"), record.get("server_pid")]
+        pids = [record.get(key) for key in pid_keys]
         if record.get("host") == socket.gethostname() and not any(isinstance(p, int) and _pid_alive(p) for p in pids):
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
         out.append(record)
     return out
+
+
+def live_servers(home: Path) -> list[dict[str, Any]]:
+    """The servers recorded on the database under ``home`` whose process still runs
+    (records of dead processes are removed)."""
+    return _live_records(_servers_dir(home), ("pid", "server_pid"))
 
 
 @contextlib.contextmanager
@@ -144,20 +149,7 @@ def client(home: Path) -> Iterator[None]:
 def live_clients(home: Path) -> list[int]:
     """Pids of the live processes using the kept server on ``home`` (records of dead
     ones are removed)."""
-    folder = _clients_dir(home)
-    pids = []
-    for path in folder.glob("*.json") if folder.is_dir() else []:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        pid = record.get("pid")
-        if record.get("host") == socket.gethostname() and not (isinstance(pid, int) and _pid_alive(pid)):
-            with contextlib.suppress(OSError):
-                path.unlink()
-            continue
-        pids.append(pid)
-    return pids
+    return [record["pid"] for record in _live_records(_clients_dir(home), ("pid",))]
 
 
 @contextlib.contextmanager
